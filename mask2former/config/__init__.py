@@ -1,0 +1,4 @@
+"""Configuration: Detectron2's key schema with the Mask2Former keys."""
+from .configurable import configurable
+
+__all__ = ["configurable"]
