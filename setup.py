@@ -1,5 +1,70 @@
 """Install the ``mask2former`` package: ``pip install -e .`` (add ``[dev]`` for the test tools)."""
+import os
+import subprocess
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.errors import BaseError, CCompilerError
+
+CSRC = Path("mask2former") / "layers" / "csrc"
+
+
+def _log(message: str) -> None:
+    print(f"mask2former setup: {message}", flush=True)
+
+
+def _extension_build():
+    """``(ext_modules, cmdclass)`` for the compiled ops ``mask2former._C`` (multi-scale deformable
+    attention, sources in ``mask2former/layers/csrc``).
+
+    Built with ``torch.utils.cpp_extension`` against the torch importable at build time, hence
+    ``pip install --no-build-isolation``: a CppExtension (CPU kernels), or a CUDAExtension adding
+    the CUDA kernels when ``torch.cuda.is_available()`` and CUDA_HOME is found, or when
+    ``FORCE_CUDA=1``. CUDA architectures come from ``TORCH_CUDA_ARCH_LIST`` (torch's default when
+    unset); parallel compile jobs from ``MAX_JOBS``. Without torch, or when compiling fails (unless
+    ``FORCE_CUDA=1``), the pure-Python package is installed and the PyTorch ops are used.
+    """
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+    except ImportError as exc:
+        _log(f"torch is not importable at build time ({exc}); installing the pure-Python package "
+             "without compiled ops")
+        return [], {}
+
+    force_cuda = os.environ.get("FORCE_CUDA", "0") == "1"
+    with_cuda = force_cuda or (torch.cuda.is_available() and CUDA_HOME is not None)
+    sources = [str(CSRC / "ext.cpp"), str(CSRC / "ms_deform_attn_cpu.cpp")]
+    extra_compile_args = {"cxx": ["-O3"]}
+    if with_cuda:
+        _log(f"building mask2former._C with CUDA kernels (CUDA_HOME={CUDA_HOME})")
+        extension = CUDAExtension(
+            "mask2former._C",
+            sources + [str(CSRC / "ms_deform_attn_cuda.cu")],
+            define_macros=[("WITH_CUDA", None)],
+            extra_compile_args={**extra_compile_args, "nvcc": ["-O3"]},
+        )
+    else:
+        _log("building mask2former._C with CPU kernels only")
+        extension = CppExtension("mask2former._C", sources, extra_compile_args=extra_compile_args)
+
+    class BuildExtensionOrFallBack(BuildExtension):
+        """BuildExtension that, unless FORCE_CUDA=1, reports a failed compile and goes on without
+        the extension."""
+
+        def run(self):
+            try:
+                super().run()
+            except (BaseError, CCompilerError, OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+                if force_cuda:
+                    raise
+                _log(f"compiling mask2former._C failed ({exc}); installing the pure-Python package "
+                     "without compiled ops")
+
+    return [extension], {"build_ext": BuildExtensionOrFallBack}
+
+
+EXT_MODULES, CMDCLASS = _extension_build()
 
 setup(
     name="mask2former",
@@ -21,6 +86,8 @@ setup(
         "tabulate",
         "termcolor",
     ],
+    ext_modules=EXT_MODULES,
+    cmdclass=CMDCLASS,
     extras_require={
         "dev": ["pytest>=7"],
         "detectron2": [],

@@ -1,14 +1,22 @@
 """Generic layers: shapes, norms, convolutions, and the multi-scale deformable attention op."""
 from .conv import Conv2d, c2_msra_fill, c2_xavier_fill
+from .ms_deform_attn import ms_deform_attn, ms_deform_attn_pytorch, register_ms_deform_attn_impl
+from .ms_deform_attn_module import MSDeformAttn
 from .norm import FrozenBatchNorm2d, LayerNorm2d, get_norm
+from .position_encoding import PositionEmbeddingSine
 from .shape_spec import ShapeSpec
 
 __all__ = [
     "Conv2d",
     "FrozenBatchNorm2d",
     "LayerNorm2d",
+    "MSDeformAttn",
+    "PositionEmbeddingSine",
     "ShapeSpec",
     "c2_msra_fill",
     "c2_xavier_fill",
     "get_norm",
+    "ms_deform_attn",
+    "ms_deform_attn_pytorch",
+    "register_ms_deform_attn_impl",
 ]

@@ -1,0 +1,100 @@
+"""Evaluation of a model on the datasets of ``cfg.DATASETS.TEST`` with the matching evaluators."""
+import logging
+import os
+from collections import OrderedDict
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+from ..data.build import build_test_loader
+from ..data.catalog import DatasetCatalog, MetadataCatalog
+from ..data.image_io import read_image
+from ..data.transforms import ResizeShortestEdge
+from ..evaluation import (
+    COCOEvaluator,
+    COCOPanopticEvaluator,
+    DatasetEvaluator,
+    DatasetEvaluators,
+    SemSegEvaluator,
+    inference_on_dataset,
+)
+from ..utils import comm
+
+logger = logging.getLogger(__name__)
+
+
+class TestMapper:
+    """Reads a dataset record's image in ``INPUT.FORMAT`` and applies the test resize.
+
+    Returns the record with ``image`` uint8 [3, H', W'] added; ``height``/``width`` stay the
+    original size, so the model's outputs come back at the original resolution.
+    """
+
+    def __init__(self, cfg):
+        self.image_format = cfg.INPUT.FORMAT
+        self.resize = ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+
+    def __call__(self, record: Dict) -> Dict:
+        image = read_image(record["file_name"], format=self.image_format)
+        record.setdefault("height", image.shape[0])
+        record.setdefault("width", image.shape[1])
+        image = self.resize.get_transform(image).apply_image(image)
+        record["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return record
+
+
+def build_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
+    """Evaluators for ``dataset_name`` by its metadata ``evaluator_type`` and the enabled outputs
+    (``MODEL.MASK_FORMER.TEST.{PANOPTIC,INSTANCE,SEMANTIC}_ON``).
+
+    Raises:
+        NotImplementedError: for an evaluator type without a standalone evaluator (Cityscapes'
+            official scripts).
+    """
+    metadata = MetadataCatalog.get(dataset_name)
+    kind = metadata.get("evaluator_type", None)
+    test = cfg.MODEL.MASK_FORMER.TEST
+    evaluators: List[DatasetEvaluator] = []
+    if kind in ("coco_panoptic_seg", "ade20k_panoptic_seg"):
+        if test.PANOPTIC_ON:
+            evaluators.append(COCOPanopticEvaluator(dataset_name, output_dir))
+        if test.INSTANCE_ON and metadata.get("json_file", None):
+            evaluators.append(COCOEvaluator(dataset_name, output_dir=output_dir))
+        if test.SEMANTIC_ON and metadata.get("sem_seg_root", None):
+            evaluators.append(SemSegEvaluator(dataset_name, output_dir=output_dir))
+    elif kind == "coco":
+        evaluators.append(COCOEvaluator(dataset_name, output_dir=output_dir))
+    elif kind in ("sem_seg", "cityscapes_sem_seg"):
+        evaluators.append(SemSegEvaluator(dataset_name, output_dir=output_dir))
+    if not evaluators:
+        raise NotImplementedError(
+            f"No evaluator for dataset {dataset_name!r} (evaluator_type={kind!r}) with the enabled outputs "
+            f"(MODEL.MASK_FORMER.TEST: PANOPTIC_ON={test.PANOPTIC_ON}, INSTANCE_ON={test.INSTANCE_ON}, "
+            f"SEMANTIC_ON={test.SEMANTIC_ON})"
+        )
+    return DatasetEvaluators(evaluators)
+
+
+def evaluate_model(cfg, model: torch.nn.Module) -> Dict[str, Dict[str, float]]:
+    """Run ``model`` over every dataset of ``cfg.DATASETS.TEST`` and evaluate it.
+
+    Returns:
+        ``{task: {metric: value}}`` (metrics in percent) on rank 0; with several test datasets the
+        tasks are prefixed by the dataset name. Writes prediction files under
+        ``OUTPUT_DIR/inference/<dataset>``.
+    """
+    results = OrderedDict()
+    for name in cfg.DATASETS.TEST:
+        output_dir = os.path.join(cfg.OUTPUT_DIR, "inference", name)
+        if comm.is_main_process():
+            os.makedirs(output_dir, exist_ok=True)
+        loader = build_test_loader(DatasetCatalog.get(name), TestMapper(cfg), cfg.DATALOADER.NUM_WORKERS)
+        dataset_results = inference_on_dataset(model, loader, build_evaluator(cfg, name, output_dir)) or {}
+        prefix = f"{name}/" if len(cfg.DATASETS.TEST) > 1 else ""
+        results.update({prefix + task: metrics for task, metrics in dataset_results.items()})
+    if comm.is_main_process() and results:
+        for task, metrics in results.items():
+            headline = {k: v for k, v in metrics.items() if "-" not in k}
+            logger.info("%s: %s", task, ", ".join(f"{k}={v:.2f}" for k, v in headline.items()))
+    return results

@@ -1,0 +1,87 @@
+"""Multi-process launch on PyTorch's own distributed engine (NCCL on GPU, gloo on CPU)."""
+import logging
+import os
+import socket
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(main_func, num_gpus_per_machine: int, num_machines: int = 1, machine_rank: int = 0,
+           dist_url: str = "auto", args=(), timeout: timedelta = DEFAULT_TIMEOUT):
+    """Run ``main_func(*args)`` in ``num_machines * num_gpus_per_machine`` processes.
+
+    Started by ``torchrun`` (``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` set), the current process joins
+    the group through ``env://`` and runs ``main_func`` itself. Otherwise, with more than one process
+    in total, this spawns ``num_gpus_per_machine`` workers on this machine whose global rank is
+    ``machine_rank * num_gpus_per_machine + local_rank``. On CPU, ``num_gpus_per_machine`` is the
+    number of gloo worker processes.
+
+    Args:
+        dist_url: ``tcp://host:port`` of the rank-0 machine, or "auto" (single machine: a free
+            local port).
+
+    Raises:
+        ValueError: for "auto" with several machines, or more processes than visible GPUs.
+    """
+    if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        _init_process_group("env://", int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"]),
+                            local_rank, timeout)
+        return main_func(*args)
+    world_size = num_machines * num_gpus_per_machine
+    if world_size <= 1:
+        return main_func(*args)
+    if dist_url == "auto":
+        if num_machines != 1:
+            raise ValueError("--dist-url auto works on one machine only; give tcp://HOST:PORT")
+        dist_url = f"tcp://127.0.0.1:{_free_port()}"
+    if torch.cuda.is_available() and num_gpus_per_machine > torch.cuda.device_count():
+        raise ValueError(
+            f"--num-gpus {num_gpus_per_machine} but only {torch.cuda.device_count()} GPUs are visible"
+        )
+    mp.start_processes(
+        _worker,
+        nprocs=num_gpus_per_machine,
+        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
+        daemon=False,
+    )
+
+
+def _init_process_group(dist_url, world_size, rank, local_rank, timeout):
+    has_gpu = torch.cuda.is_available()
+    if has_gpu:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(
+        backend="nccl" if has_gpu else "gloo",
+        init_method=dist_url,
+        world_size=world_size,
+        rank=rank,
+        timeout=timeout,
+    )
+    dist.barrier()
+
+
+def _worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout):
+    rank = machine_rank * num_gpus_per_machine + local_rank
+    try:
+        _init_process_group(dist_url, world_size, rank, local_rank, timeout)
+    except Exception:
+        logger.error("Could not join the process group at %s as rank %d", dist_url, rank)
+        raise
+    try:
+        main_func(*args)
+    finally:
+        dist.destroy_process_group()

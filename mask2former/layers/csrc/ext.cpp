@@ -1,0 +1,68 @@
+// The mask2former._C extension: declares the operator schemas of mask2former::ms_deform_attn_*,
+// registers their Meta (shape-only) kernels, and provides the Python module whose import loads them
+// into torch.ops.mask2former. The CPU and CUDA kernels are registered in ms_deform_attn_cpu.cpp and
+// ms_deform_attn_cuda.cu.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "ms_deform_attn.h"
+
+namespace mask2former {
+namespace {
+
+at::Tensor ms_deform_attn_forward_meta(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights) {
+  check_ms_deform_attn_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  return at::empty({value.size(0), sampling_locations.size(1), value.size(2) * value.size(3)}, value.options());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_meta(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights,
+    const at::Tensor& grad_output) {
+  check_ms_deform_attn_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  check_grad_output(value, sampling_locations, grad_output);
+  return {at::empty(value.sizes(), value.options()), at::empty(sampling_locations.sizes(), sampling_locations.options()),
+          at::empty(attention_weights.sizes(), attention_weights.options())};
+}
+
+}  // namespace
+}  // namespace mask2former
+
+TORCH_LIBRARY(mask2former, m) {
+  m.def(
+      "ms_deform_attn_forward(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
+      "Tensor sampling_locations, Tensor attention_weights) -> Tensor");
+  m.def(
+      "ms_deform_attn_backward(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
+      "Tensor sampling_locations, Tensor attention_weights, Tensor grad_output) "
+      "-> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(mask2former, Meta, m) {
+  m.impl("ms_deform_attn_forward", &mask2former::ms_deform_attn_forward_meta);
+  m.impl("ms_deform_attn_backward", &mask2former::ms_deform_attn_backward_meta);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "Compiled kernels of mask2former (multi-scale deformable attention).";
+  m.def(
+      "compiled_with_cuda",
+      []() {
+#ifdef WITH_CUDA
+        return true;
+#else
+        return false;
+#endif
+      },
+      "Whether the CUDA kernels were compiled into this extension.");
+}

@@ -1,0 +1,109 @@
+// Multi-scale deformable attention (Zhu et al., "Deformable DETR", ICLR 2021, Eq. 2-3): argument
+// checks shared by the CPU and CUDA kernels.
+//
+// Shapes (N batch, S = sum_l H_l * W_l value positions, M heads, D channels per head, Lq queries,
+// L levels, P points per level):
+//   value               [N, S, M, D]         float
+//   spatial_shapes      [L, 2]               int64, (H_l, W_l)
+//   level_start_index   [L]                  int64, offset of level l in S
+//   sampling_locations  [N, Lq, M, L, P, 2]  value's dtype, normalised (x, y); pixel coordinate
+//                                            x * W_l - 0.5 (align_corners=False), zeros outside
+//   attention_weights   [N, Lq, M, L, P]     value's dtype
+//   output              [N, Lq, M * D]       value's dtype
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace mask2former {
+
+// Problem sizes, passed by value to the CUDA kernels.
+struct MSDeformAttnSizes {
+  int64_t batch;     // N
+  int64_t spatial;   // S
+  int64_t heads;     // M
+  int64_t channels;  // D
+  int64_t queries;   // Lq
+  int64_t levels;    // L
+  int64_t points;    // P
+};
+
+inline MSDeformAttnSizes get_sizes(const at::Tensor& value, const at::Tensor& sampling_locations) {
+  return MSDeformAttnSizes{value.size(0), value.size(1), value.size(2), value.size(3),
+                           sampling_locations.size(1), sampling_locations.size(3), sampling_locations.size(4)};
+}
+
+// Raises ValueError (c10::ValueError) unless the arguments have the shapes, dtypes and devices
+// above. Level sizes are checked against S only when spatial_shapes lives on the CPU, so that the
+// CUDA path never synchronises with the host.
+inline void check_ms_deform_attn_args(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights) {
+  TORCH_CHECK_VALUE(value.dim() == 4, "value must be [N, S, heads, C], got ", value.sizes());
+  TORCH_CHECK_VALUE(
+      spatial_shapes.dim() == 2 && spatial_shapes.size(1) == 2 &&
+          spatial_shapes.scalar_type() == at::kLong,
+      "spatial_shapes must be an int64 [L, 2] tensor, got ", spatial_shapes.scalar_type(), " ",
+      spatial_shapes.sizes());
+  const int64_t levels = spatial_shapes.size(0);
+  TORCH_CHECK_VALUE(
+      level_start_index.dim() == 1 && level_start_index.size(0) == levels &&
+          level_start_index.scalar_type() == at::kLong,
+      "level_start_index must be an int64 [L=", levels, "] tensor, got ",
+      level_start_index.scalar_type(), " ", level_start_index.sizes());
+  TORCH_CHECK_VALUE(
+      sampling_locations.dim() == 6 && sampling_locations.size(0) == value.size(0) &&
+          sampling_locations.size(2) == value.size(2) && sampling_locations.size(3) == levels &&
+          sampling_locations.size(5) == 2,
+      "sampling_locations must be [N=", value.size(0), ", Lq, heads=", value.size(2), ", L=",
+      levels, ", P, 2], got ", sampling_locations.sizes());
+  TORCH_CHECK_VALUE(
+      attention_weights.sizes() == sampling_locations.sizes().slice(0, 5),
+      "attention_weights must be [N, Lq, heads, L, P] = ", sampling_locations.sizes().slice(0, 5),
+      ", got ", attention_weights.sizes());
+  TORCH_CHECK_VALUE(
+      sampling_locations.scalar_type() == value.scalar_type() &&
+          attention_weights.scalar_type() == value.scalar_type(),
+      "sampling_locations and attention_weights must have value's dtype ", value.scalar_type(),
+      ", got ", sampling_locations.scalar_type(), " and ", attention_weights.scalar_type());
+  TORCH_CHECK_VALUE(
+      sampling_locations.device() == value.device() && attention_weights.device() == value.device(),
+      "sampling_locations and attention_weights must be on value's device ", value.device());
+  if (spatial_shapes.device().is_cpu() && level_start_index.device().is_cpu()) {
+    const auto shapes = spatial_shapes.contiguous();
+    const auto starts = level_start_index.contiguous();
+    const int64_t* hw = shapes.data_ptr<int64_t>();
+    const int64_t* start = starts.data_ptr<int64_t>();
+    int64_t total = 0;
+    for (int64_t l = 0; l < levels; ++l) {
+      TORCH_CHECK_VALUE(
+          hw[2 * l] > 0 && hw[2 * l + 1] > 0, "spatial_shapes must be positive, level ", l,
+          " is (", hw[2 * l], ", ", hw[2 * l + 1], ")");
+      TORCH_CHECK_VALUE(
+          start[l] == total, "level_start_index[", l, "] must be ", total, ", got ", start[l]);
+      total += hw[2 * l] * hw[2 * l + 1];
+    }
+    TORCH_CHECK_VALUE(
+        total == value.size(1), "value has S=", value.size(1), " positions but spatial_shapes sum to ",
+        total);
+  }
+}
+
+// Raises ValueError unless grad_output is [N, Lq, M * D] with value's dtype and device.
+inline void check_grad_output(
+    const at::Tensor& value, const at::Tensor& sampling_locations, const at::Tensor& grad_output) {
+  TORCH_CHECK_VALUE(
+      grad_output.dim() == 3 && grad_output.size(0) == value.size(0) &&
+          grad_output.size(1) == sampling_locations.size(1) &&
+          grad_output.size(2) == value.size(2) * value.size(3),
+      "grad_output must be [N, Lq, heads * C] = [", value.size(0), ", ", sampling_locations.size(1),
+      ", ", value.size(2) * value.size(3), "], got ", grad_output.sizes());
+  TORCH_CHECK_VALUE(
+      grad_output.scalar_type() == value.scalar_type() && grad_output.device() == value.device(),
+      "grad_output must have value's dtype and device (", value.scalar_type(), ", ", value.device(),
+      "), got (", grad_output.scalar_type(), ", ", grad_output.device(), ")");
+}
+
+}  // namespace mask2former

@@ -1,0 +1,192 @@
+"""Multi-scale deformable attention, the sampling core (Zhu et al., "Deformable DETR", ICLR 2021, Eq. 2-3).
+
+For every query q, head m, level l and point k, the op bilinearly samples the level-l value map of
+head m at the location ``sampling_locations[n, q, m, l, k]`` and sums the samples weighted by
+``attention_weights[n, q, m, l, k]``; the heads are concatenated. Locations are normalised (x, y)
+in [0, 1] over each level's map, with ``align_corners=False`` semantics: (0, 0) is the top-left
+corner of the top-left pixel, pixel centres sit at ((i + 0.5) / W, (j + 0.5) / H), and samples
+outside the map read zeros.
+
+``ms_deform_attn`` checks the arguments and dispatches, by name, to one implementation:
+``"pytorch"`` (:func:`ms_deform_attn_pytorch`, the executable specification, any device) or a
+compiled one added with :func:`register_ms_deform_attn_impl`.
+"""
+import os
+from typing import Callable, Dict, FrozenSet, Iterable, Optional, Tuple
+
+import torch
+from torch.nn import functional as F
+
+IMPL_ENV_VAR = "MASK2FORMER_MSDA_IMPL"
+
+MSDeformAttnFn = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
+]
+
+
+def ms_deform_attn_pytorch(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Reference implementation: one bilinear ``F.grid_sample`` per level (zero padding,
+    ``align_corners=False``), then the attention-weighted sum over levels and points.
+
+    Arguments are those of :func:`ms_deform_attn`, whose shape checks it assumes; it checks only
+    that the level sizes add up to ``S`` and agree with ``level_start_index``. Differentiable with
+    respect to ``value``, ``sampling_locations`` and ``attention_weights``.
+
+    Raises:
+        ValueError: if a level is empty, ``sum(H_l * W_l) != S``, or ``level_start_index`` is not
+            the running sum of the level sizes.
+    """
+    n, s, heads, channels = value.shape
+    _, num_queries, _, levels, points, _ = sampling_locations.shape
+    shapes = [tuple(hw) for hw in spatial_shapes.tolist()]
+    sizes = [h * w for h, w in shapes]
+    if any(h < 1 or w < 1 for h, w in shapes):
+        raise ValueError(f"spatial_shapes must be positive (H, W) pairs, got {shapes}")
+    if sum(sizes) != s:
+        raise ValueError(f"value has S={s} positions but spatial_shapes {shapes} sum to {sum(sizes)}")
+    starts = [sum(sizes[:i]) for i in range(levels)]
+    given_starts = level_start_index.tolist()
+    if given_starts != starts:
+        raise ValueError(f"level_start_index must be {starts} for spatial_shapes {shapes}: {given_starts}")
+
+    # grid_sample's grid is in [-1, 1]
+    sampling_grids = 2 * sampling_locations - 1
+    sampled = []
+    for level, (value_l, (h, w)) in enumerate(zip(value.split(sizes, dim=1), shapes)):
+        # [N, H*W, heads, C] -> [N*heads, C, H, W]
+        value_l = value_l.flatten(2).transpose(1, 2).reshape(n * heads, channels, h, w)
+        # [N, Lq, heads, P, 2] -> [N*heads, Lq, P, 2]
+        grid_l = sampling_grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        # -> [N*heads, C, Lq, P]
+        sampled.append(
+            F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
+        )
+    # [N, Lq, heads, L, P] -> [N*heads, 1, Lq, L*P]
+    weights = attention_weights.transpose(1, 2).reshape(n * heads, 1, num_queries, levels * points)
+    # [N*heads, C, Lq, L, P] -> [N*heads, C, Lq, L*P] -> [N, heads*C, Lq]
+    output = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)
+    return output.view(n, heads * channels, num_queries).transpose(1, 2).contiguous()
+
+
+# name -> (implementation, device types it runs on; None means any)
+_IMPLS: Dict[str, Tuple[MSDeformAttnFn, Optional[FrozenSet[str]]]] = {
+    "pytorch": (ms_deform_attn_pytorch, None),
+}
+
+
+def register_ms_deform_attn_impl(name: str, fn: MSDeformAttnFn, devices: Iterable[str]) -> None:
+    """Make ``fn`` selectable as ``ms_deform_attn(..., impl=name)``.
+
+    Args:
+        name: implementation name; not ``"auto"``, ``"pytorch"`` or an already registered one.
+        fn: callable with the signature and result of :func:`ms_deform_attn_pytorch`, providing its
+            own autograd; it receives arguments that passed :func:`ms_deform_attn`'s checks.
+        devices: device types it runs on, e.g. ``("cuda",)``. With ``impl="auto"``, the most
+            recently registered implementation for the value's device type is used.
+
+    Raises:
+        ValueError: for a taken or reserved name, a non-callable ``fn``, or empty ``devices``.
+    """
+    if name == "auto" or name in _IMPLS:
+        raise ValueError(f"ms_deform_attn implementation name {name!r} is reserved or taken")
+    if not callable(fn):
+        raise ValueError(f"ms_deform_attn implementation {name!r} is not callable: {fn!r}")
+    device_types = frozenset(devices)
+    if not device_types:
+        raise ValueError(f"ms_deform_attn implementation {name!r} needs at least one device type")
+    _IMPLS[name] = (fn, device_types)
+
+
+def _select_impl(impl: str, device_type: str) -> MSDeformAttnFn:
+    if impl == "auto":
+        # "pytorch" was registered first and runs anywhere, so it is the last resort
+        candidates = reversed(_IMPLS.values())
+        return next(fn for fn, devices in candidates if devices is None or device_type in devices)
+    if impl not in _IMPLS:
+        raise ValueError(
+            f"Unknown ms_deform_attn implementation {impl!r} (argument impl or env {IMPL_ENV_VAR}); "
+            f"expected 'auto' or one of {list(_IMPLS)}"
+        )
+    fn, devices = _IMPLS[impl]
+    if devices is not None and device_type not in devices:
+        raise ValueError(
+            f"ms_deform_attn implementation {impl!r} runs on {sorted(devices)}, not on {device_type!r}"
+        )
+    return fn
+
+
+def _check_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights) -> None:
+    if value.dim() != 4:
+        raise ValueError(f"value must be [N, S, heads, C], got shape {tuple(value.shape)}")
+    if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2 or spatial_shapes.is_floating_point():
+        raise ValueError(
+            "spatial_shapes must be an integer [L, 2] tensor, "
+            f"got {spatial_shapes.dtype} {tuple(spatial_shapes.shape)}"
+        )
+    levels = spatial_shapes.shape[0]
+    if level_start_index.shape != (levels,) or level_start_index.is_floating_point():
+        raise ValueError(
+            f"level_start_index must be an integer [L={levels}] tensor, "
+            f"got {level_start_index.dtype} {tuple(level_start_index.shape)}"
+        )
+    if not value.is_floating_point():
+        raise ValueError(f"value must be a floating-point tensor, got {value.dtype}")
+    n, _, heads, _ = value.shape
+    loc_shape = tuple(sampling_locations.shape)
+    expected = (n, heads, levels, 2)
+    if len(loc_shape) != 6 or (loc_shape[0], loc_shape[2], loc_shape[3], loc_shape[5]) != expected:
+        raise ValueError(
+            f"sampling_locations must be [N={n}, Lq, heads={heads}, L={levels}, P, 2], got {loc_shape}"
+        )
+    if tuple(attention_weights.shape) != loc_shape[:5]:
+        raise ValueError(
+            f"attention_weights must be [N, Lq, heads, L, P] = {loc_shape[:5]}, "
+            f"got {tuple(attention_weights.shape)}"
+        )
+    for name, t in (("sampling_locations", sampling_locations), ("attention_weights", attention_weights)):
+        if t.dtype != value.dtype or t.device != value.device:
+            raise ValueError(
+                f"{name} must have value's dtype and device ({value.dtype}, {value.device}), "
+                f"got ({t.dtype}, {t.device})"
+            )
+
+
+def ms_deform_attn(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+    impl: Optional[str] = None,
+) -> torch.Tensor:
+    """Multi-scale deformable attention sampling (Deformable DETR, Eq. 3 without the projections).
+
+    Args:
+        value: float [N, S, heads, C], the L value maps of every head flattened row-major and
+            concatenated level after level, ``S = sum_l H_l * W_l``.
+        spatial_shapes: int64 [L, 2], (H_l, W_l) of each level.
+        level_start_index: int64 [L], offset of each level in S: ``[0, H_0*W_0, ...]``.
+        sampling_locations: [N, Lq, heads, L, P, 2], normalised (x, y) in [0, 1] per level
+            (``align_corners=False`` convention); points outside the map sample zeros.
+        attention_weights: [N, Lq, heads, L, P], normally summing to 1 over (L, P).
+        impl: ``"auto"`` (best registered implementation for ``value.device``, else
+            ``"pytorch"``), ``"pytorch"`` or a name given to :func:`register_ms_deform_attn_impl`.
+            None reads the environment variable ``MASK2FORMER_MSDA_IMPL`` (default ``"auto"``).
+
+    Returns:
+        [N, Lq, heads * C], heads concatenated, same dtype as ``value``.
+
+    Raises:
+        ValueError: for inconsistent shapes, dtypes or devices, or an unknown or unsuitable ``impl``.
+    """
+    _check_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    if impl is None:
+        impl = os.environ.get(IMPL_ENV_VAR, "auto")
+    fn = _select_impl(impl, value.device.type)
+    return fn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)

@@ -1,0 +1,126 @@
+"""Compiled multi-scale deformable attention (Zhu et al., "Deformable DETR", ICLR 2021, Eq. 2-3).
+
+Autograd wrapper around the C++/CUDA kernels of the ``mask2former._C`` extension (operators
+``torch.ops.mask2former.ms_deform_attn_forward`` / ``ms_deform_attn_backward``, sources in
+``mask2former/layers/csrc``). Importing this module registers it with
+:func:`~mask2former.layers.ms_deform_attn.register_ms_deform_attn_impl` as implementation
+``"compiled"`` for the CPU and, when the extension was built with CUDA, for CUDA, so that
+``impl="auto"`` prefers it there. It computes what
+:func:`~mask2former.layers.ms_deform_attn.ms_deform_attn_pytorch` computes (bilinear sampling,
+zero padding, ``align_corners=False``), up to the floating-point summation order.
+
+The extension is built by ``pip install --no-build-isolation -e .``. Without it (pure-Python
+install, or an extension built for another torch) importing this module logs one warning and
+registers nothing, and ``ms_deform_attn`` keeps using the PyTorch implementation.
+"""
+import logging
+from types import ModuleType
+from typing import Optional, Tuple
+
+import torch
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from .ms_deform_attn import register_ms_deform_attn_impl
+
+__all__ = ["EXTENSION_AVAILABLE", "IMPL_NAME", "MSDeformAttnFunction", "ms_deform_attn_compiled"]
+
+logger = logging.getLogger(__name__)
+
+IMPL_NAME = "compiled"
+
+
+def _load_extension() -> Optional[ModuleType]:
+    """Import ``mask2former._C`` (which registers the operators), or warn and return None."""
+    try:
+        from .. import _C
+    except (ImportError, OSError) as exc:
+        logger.warning(
+            "The compiled multi-scale deformable attention op is unavailable (%s); falling back to "
+            "the PyTorch implementation. Build it with `pip install --no-build-isolation -e .`.",
+            exc,
+        )
+        return None
+    return _C
+
+
+_C = _load_extension()
+EXTENSION_AVAILABLE = _C is not None
+
+
+class MSDeformAttnFunction(torch.autograd.Function):
+    """Autograd function of the compiled operators; arguments as :func:`ms_deform_attn_compiled`
+    after its conversions. Differentiable with respect to ``value``, ``sampling_locations`` and
+    ``attention_weights`` (first order only)."""
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        value: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+        sampling_locations: torch.Tensor,
+        attention_weights: torch.Tensor,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+        return torch.ops.mask2former.ms_deform_attn_forward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_output: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        grad_value, grad_locations, grad_weights = torch.ops.mask2former.ms_deform_attn_backward(
+            *ctx.saved_tensors, grad_output.contiguous()
+        )
+        needs = ctx.needs_input_grad
+        return (
+            grad_value if needs[0] else None,
+            None,
+            None,
+            grad_locations if needs[3] else None,
+            grad_weights if needs[4] else None,
+        )
+
+
+def ms_deform_attn_compiled(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Multi-scale deformable attention sampling with the compiled kernels.
+
+    Args:
+        value: [N, S, heads, C], float32 / float64 / bfloat16 / float16 (CPU and CUDA).
+        spatial_shapes: integer [L, 2], (H_l, W_l) per level; converted to int64. On the CPU, and
+            whenever it is a CPU tensor, the kernels check that the levels add up to ``S``; CUDA
+            tensors are trusted so that the call does not synchronise with the host.
+        level_start_index: integer [L], offset of each level in S; converted to int64.
+        sampling_locations: [N, Lq, heads, L, P, 2] normalised (x, y), value's dtype and device;
+            pixel coordinate ``x * W_l - 0.5``, samples outside the map read zeros.
+        attention_weights: [N, Lq, heads, L, P], value's dtype and device.
+
+    Returns:
+        [N, Lq, heads * C] in value's dtype; accumulated in float32 for 16-bit inputs.
+
+    Raises:
+        RuntimeError: if the ``mask2former._C`` extension is not built.
+        ValueError: for inconsistent shapes, dtypes or devices (from the kernels' checks).
+    """
+    if not EXTENSION_AVAILABLE:
+        raise RuntimeError(
+            "mask2former._C is not built; install with `pip install --no-build-isolation -e .`"
+        )
+    if value.device.type == "cpu":
+        spatial_shapes = spatial_shapes.cpu()
+        level_start_index = level_start_index.cpu()
+    return MSDeformAttnFunction.apply(
+        value, spatial_shapes.long(), level_start_index.long(), sampling_locations, attention_weights
+    )
+
+
+if EXTENSION_AVAILABLE:
+    register_ms_deform_attn_impl(
+        IMPL_NAME, ms_deform_attn_compiled, ("cpu", "cuda") if _C.compiled_with_cuda() else ("cpu",)
+    )

@@ -1,0 +1,120 @@
+"""Multi-scale deformable attention module (Zhu et al., "Deformable DETR", ICLR 2021, Eq. 3).
+
+Each query attends to ``n_points`` locations per head and level, placed at learned offsets
+around its reference point, with attention weights predicted from the query (softmax over levels
+and points together) instead of query-key dot products.
+"""
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .ms_deform_attn import ms_deform_attn
+
+
+class MSDeformAttn(nn.Module):
+    """Multi-scale deformable attention with the published parameter names.
+
+    Submodules: ``sampling_offsets`` (d_model -> heads*levels*points*2), ``attention_weights``
+    (d_model -> heads*levels*points), ``value_proj`` and ``output_proj`` (d_model -> d_model).
+
+    Args:
+        d_model: embedding dimension; must be divisible by ``n_heads``.
+        n_levels: number of feature levels L.
+        n_heads: number of attention heads.
+        n_points: sampling points per head and level P.
+
+    Raises:
+        ValueError: if ``d_model`` is not divisible by ``n_heads``.
+    """
+
+    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"MSDeformAttn: d_model={d_model} must be divisible by n_heads={n_heads}")
+        self.d_model = d_model
+        self.n_levels = n_levels
+        self.n_heads = n_heads
+        self.n_points = n_points
+
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self._reset_parameters()
+
+    def _reset_parameters(self) -> None:
+        """Deformable DETR's initialisation: zero offset weights, with biases that put head h's
+        k-th point (k = 1..P) at k pixels from the reference point along direction 2*pi*h/heads
+        (scaled so the larger coordinate is k); uniform attention; Xavier projections."""
+        nn.init.constant_(self.sampling_offsets.weight, 0.0)
+        thetas = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
+        grid_init = torch.stack([thetas.cos(), thetas.sin()], -1)
+        grid_init = grid_init / grid_init.abs().max(-1, keepdim=True)[0]
+        grid_init = grid_init.view(self.n_heads, 1, 1, 2).repeat(1, self.n_levels, self.n_points, 1)
+        grid_init = grid_init * torch.arange(1, self.n_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid_init.view(-1))
+        nn.init.constant_(self.attention_weights.weight, 0.0)
+        nn.init.constant_(self.attention_weights.bias, 0.0)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.constant_(self.value_proj.bias, 0.0)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.constant_(self.output_proj.bias, 0.0)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        reference_points: torch.Tensor,
+        input_flatten: torch.Tensor,
+        input_spatial_shapes: torch.Tensor,
+        input_level_start_index: torch.Tensor,
+        input_padding_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """
+        Args:
+            query: [N, Lq, d_model] (query features, positional embedding included).
+            reference_points: [N, Lq, L, 2], normalised (x, y) in [0, 1] per level, (0, 0) the
+                top-left corner; offsets are measured in pixels of each level.
+            input_flatten: [N, S, d_model], the L feature maps flattened and concatenated.
+            input_spatial_shapes: int64 [L, 2], (H_l, W_l) of each level.
+            input_level_start_index: int64 [L], start of each level in S.
+            input_padding_mask: optional bool [N, S], True at padding positions (their values
+                are zeroed).
+
+        Returns:
+            [N, Lq, d_model].
+
+        Raises:
+            ValueError: if ``reference_points`` is not [N, Lq, L, 2], or as :func:`ms_deform_attn`.
+        """
+        n, len_q, _ = query.shape
+        _, len_in, _ = input_flatten.shape
+        if reference_points.shape != (n, len_q, self.n_levels, 2):
+            raise ValueError(
+                f"MSDeformAttn: reference_points must be [N={n}, Lq={len_q}, L={self.n_levels}, 2], "
+                f"got {tuple(reference_points.shape)}"
+            )
+
+        value = self.value_proj(input_flatten)
+        if input_padding_mask is not None:
+            value = value.masked_fill(input_padding_mask[..., None], 0.0)
+        value = value.view(n, len_in, self.n_heads, self.d_model // self.n_heads)
+
+        grid_shape = (n, len_q, self.n_heads, self.n_levels, self.n_points)
+        sampling_offsets = self.sampling_offsets(query).view(*grid_shape, 2)
+        attention_logits = self.attention_weights(query).view(*grid_shape[:3], self.n_levels * self.n_points)
+        # softmax over levels and points together
+        attention_weights = F.softmax(attention_logits, -1).view(grid_shape)
+        # pixel offsets -> normalised units of each level: divide by (W_l, H_l)
+        offset_normalizer = torch.stack([input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1)
+        sampling_locations = (
+            reference_points[:, :, None, :, None, :]
+            + sampling_offsets / offset_normalizer[None, None, None, :, None, :]
+        )
+        output = ms_deform_attn(
+            value, input_spatial_shapes, input_level_start_index, sampling_locations, attention_weights
+        )
+        return self.output_proj(output)

@@ -1,0 +1,98 @@
+"""Mask2Former's segmentation head: pixel decoder + masked-attention Transformer decoder."""
+from typing import Dict
+
+import torch
+from torch import nn
+
+from ...config import configurable
+from ...layers import ShapeSpec
+from ...utils.registry import SEM_SEG_HEADS_REGISTRY
+from ..pixel_decoder.build import build_pixel_decoder
+from ..transformer_decoder.build import build_transformer_decoder
+
+__all__ = ["MaskFormerHead"]
+
+
+@SEM_SEG_HEADS_REGISTRY.register()
+class MaskFormerHead(nn.Module):
+    """Module ``sem_seg_head`` of the published model: submodules ``pixel_decoder`` and
+    ``predictor`` (the Transformer decoder).
+
+    The pixel decoder turns backbone features into per-pixel embeddings (stride 4) and three
+    multi-scale features; the predictor attends to the multi-scale features and predicts class and
+    mask logits per query.
+    """
+
+    # Version 2 is the current key layout (pixel-decoder weights under ``pixel_decoder.``); saving it
+    # into ``_metadata`` tells the original implementation not to rename keys.
+    _version = 2
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: Dict[str, ShapeSpec],
+        *,
+        num_classes: int,
+        pixel_decoder: nn.Module,
+        loss_weight: float = 1.0,
+        ignore_value: int = -1,
+        transformer_predictor: nn.Module,
+        transformer_in_feature: str = "multi_scale_pixel_decoder",
+    ):
+        """
+        Args:
+            input_shape: backbone features the head uses (name -> channels/stride).
+            num_classes: number of classes K.
+            pixel_decoder: module with ``forward_features(features) -> (mask_features,
+                transformer_encoder_features, multi_scale_features)``.
+            loss_weight: weight of the head's losses.
+            ignore_value: label ignored in training.
+            transformer_predictor: the Transformer decoder ``predictor(multi_scale_features,
+                mask_features) -> dict``.
+            transformer_in_feature: which pixel-decoder output the predictor reads; only
+                ``"multi_scale_pixel_decoder"`` (the three multi-scale features) is supported.
+
+        Raises:
+            ValueError: any other ``transformer_in_feature``.
+        """
+        super().__init__()
+        if transformer_in_feature != "multi_scale_pixel_decoder":
+            raise ValueError(
+                "MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE must be 'multi_scale_pixel_decoder', got "
+                f"{transformer_in_feature!r}"
+            )
+        ordered = sorted(input_shape.items(), key=lambda kv: kv[1].stride)
+        self.in_features = [name for name, _ in ordered]
+        self.ignore_value = ignore_value
+        self.common_stride = 4
+        self.loss_weight = loss_weight
+        self.pixel_decoder = pixel_decoder
+        self.predictor = transformer_predictor
+        self.transformer_in_feature = transformer_in_feature
+        self.num_classes = num_classes
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+        return {
+            "input_shape": {k: v for k, v in input_shape.items() if k in cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES},
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "pixel_decoder": build_pixel_decoder(cfg, input_shape),
+            "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
+            "transformer_in_feature": cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE,
+            "transformer_predictor": build_transformer_decoder(
+                cfg, cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM, mask_classification=True
+            ),
+        }
+
+    def forward(self, features: Dict[str, torch.Tensor]) -> Dict[str, object]:
+        """
+        Args:
+            features: backbone outputs, name -> [N, C, H, W].
+
+        Returns:
+            the predictor's dict: ``pred_logits`` [N, Q, K+1], ``pred_masks`` [N, Q, H/4, W/4]
+            (H, W = padded input size) and ``aux_outputs``.
+        """
+        mask_features, _, multi_scale_features = self.pixel_decoder.forward_features(features)
+        return self.predictor(multi_scale_features, mask_features)

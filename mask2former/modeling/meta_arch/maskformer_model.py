@@ -1,0 +1,231 @@
+"""The Mask2Former meta-architecture (Cheng et al., "Masked-attention Mask Transformer for
+Universal Image Segmentation", CVPR 2022): backbone + segmentation head + task-specific inference."""
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ...config import configurable
+from ...data.catalog import MetadataCatalog
+from ...structures import ImageList
+from ...utils.registry import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
+from ..backbone.build import build_backbone
+from ..criterion import SetCriterion
+from ..postprocessing import instance_inference, panoptic_inference, sem_seg_postprocess, semantic_inference
+
+__all__ = ["MaskFormer"]
+
+
+@META_ARCH_REGISTRY.register()
+class MaskFormer(nn.Module):
+    """Mask classification model (MaskFormer / Mask2Former) for semantic, panoptic and instance
+    segmentation, with Detectron2's batched-input/output conventions.
+
+    Submodules (state-dict names): ``backbone``, ``sem_seg_head``, and ``criterion`` when given.
+    ``pixel_mean``/``pixel_std`` are non-persistent buffers (not in the state dict).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        sem_seg_head: nn.Module,
+        criterion: Optional[nn.Module] = None,
+        num_queries: int,
+        object_mask_threshold: float,
+        overlap_threshold: float,
+        metadata,
+        size_divisibility: int,
+        sem_seg_postprocess_before_inference: bool,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        semantic_on: bool,
+        panoptic_on: bool,
+        instance_on: bool,
+        test_topk_per_image: int,
+    ):
+        """
+        Args:
+            backbone: Detectron2-style backbone (``output_shape()``, ``size_divisibility``).
+            sem_seg_head: head mapping backbone features to ``pred_logits``/``pred_masks``
+                (needs a ``num_classes`` attribute).
+            criterion: training loss module returning a dict of unweighted losses, with a
+                ``weight_dict`` attribute (loss name -> weight); None for inference-only models.
+                ``from_config`` builds Mask2Former's ``SetCriterion``, whose ``empty_weight`` buffer
+                is part of the published checkpoints' state dict.
+            num_queries: number of queries Q.
+            object_mask_threshold: panoptic inference: minimum class probability of a kept query.
+            overlap_threshold: panoptic inference: minimum visible fraction of a kept mask.
+            metadata: dataset metadata; panoptic inference and the instance inference of panoptic
+                models read ``metadata.thing_dataset_id_to_contiguous_id``.
+            size_divisibility: pad inputs to a multiple of this; a negative value means the
+                backbone's ``size_divisibility``.
+            sem_seg_postprocess_before_inference: resize mask logits to the output resolution before
+                inference (required for panoptic and instance outputs) instead of resizing the
+                semantic result after it.
+            pixel_mean, pixel_std: per-channel normalisation, in the channel order of the input
+                images (``INPUT.FORMAT``), 0-255 scale.
+            semantic_on, panoptic_on, instance_on: which outputs to produce.
+            test_topk_per_image: maximum number of instances per image.
+
+        Raises:
+            ValueError: ``semantic_on`` is False while ``sem_seg_postprocess_before_inference`` is False.
+        """
+        super().__init__()
+        if not semantic_on and not sem_seg_postprocess_before_inference:
+            raise ValueError("sem_seg_postprocess_before_inference must be True when semantic_on is False")
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+        self.criterion = criterion
+        self.num_queries = num_queries
+        self.overlap_threshold = overlap_threshold
+        self.object_mask_threshold = object_mask_threshold
+        self.metadata = metadata
+        if size_divisibility < 0:
+            size_divisibility = self.backbone.size_divisibility
+        self.size_divisibility = size_divisibility
+        self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).float().view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).float().view(-1, 1, 1), False)
+        self.semantic_on = semantic_on
+        self.panoptic_on = panoptic_on
+        self.instance_on = instance_on
+        self.test_topk_per_image = test_topk_per_image
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        head_name = cfg.MODEL.SEM_SEG_HEAD.NAME
+        if head_name not in SEM_SEG_HEADS_REGISTRY:
+            raise KeyError(
+                f"MODEL.SEM_SEG_HEAD.NAME={head_name!r} is not registered; "
+                f"known: {sorted(k for k, _ in SEM_SEG_HEADS_REGISTRY)}"
+            )
+        sem_seg_head = SEM_SEG_HEADS_REGISTRY.get(head_name)(cfg, backbone.output_shape())
+        test = cfg.MODEL.MASK_FORMER.TEST
+        return {
+            "backbone": backbone,
+            "sem_seg_head": sem_seg_head,
+            "criterion": SetCriterion(cfg),
+            "num_queries": cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES,
+            "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
+            "overlap_threshold": test.OVERLAP_THRESHOLD,
+            "metadata": MetadataCatalog.get(cfg.DATASETS.TRAIN[0]),
+            "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
+            "sem_seg_postprocess_before_inference": (
+                test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE or test.PANOPTIC_ON or test.INSTANCE_ON
+            ),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "semantic_on": test.SEMANTIC_ON,
+            "instance_on": test.INSTANCE_ON,
+            "panoptic_on": test.PANOPTIC_ON,
+            "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Normalise the ``image`` of each input and pad them into one batch (bottom/right, with 0,
+        to a multiple of ``size_divisibility``)."""
+        images = [x["image"].to(self.device) for x in batched_inputs]
+        images = [(x - self.pixel_mean) / self.pixel_std for x in images]
+        return ImageList.from_tensors(images, self.size_divisibility)
+
+    def forward(self, batched_inputs: List[Dict]):
+        """
+        Args:
+            batched_inputs: one dict per image with ``image``: uint8 [3, H, W] in ``INPUT.FORMAT``
+                channel order, optional ``height``/``width`` (output resolution, defaults to the
+                input size) and, in training, ``instances`` with ``gt_classes`` int64 [G] and
+                ``gt_masks`` bool [G, H, W].
+
+        Returns:
+            In training, a dict of weighted losses (those in ``criterion.weight_dict``).
+            In inference, one dict per image with, as enabled:
+            ``sem_seg`` float [K, height, width] class scores;
+            ``panoptic_seg`` ``(int32 [height, width] segment ids, segments_info list of
+            {"id", "isthing", "category_id"})``;
+            ``instances`` :class:`Instances` with ``pred_masks`` float [N, height, width],
+            ``pred_boxes``, ``scores`` [N] and ``pred_classes`` [N].
+
+        Raises:
+            RuntimeError: training without a criterion.
+        """
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        outputs = self.sem_seg_head(features)
+
+        if self.training:
+            if self.criterion is None:
+                raise RuntimeError(
+                    "MaskFormer was built without a criterion; pass `criterion=` to train it"
+                )
+            targets = None
+            if "instances" in batched_inputs[0]:
+                gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+                targets = self.prepare_targets(gt_instances, images)
+            losses = self.criterion(outputs, targets)
+            weights = self.criterion.weight_dict
+            return {k: v * weights[k] for k, v in losses.items() if k in weights}
+
+        mask_pred_results = F.interpolate(
+            outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return [
+            self.inference_single_image(mask_cls, mask_pred, image_size, x)
+            for mask_cls, mask_pred, image_size, x in zip(
+                outputs["pred_logits"], mask_pred_results, images.image_sizes, batched_inputs
+            )
+        ]
+
+    def inference_single_image(self, mask_cls, mask_pred, image_size, batched_input) -> Dict:
+        """Outputs of one image from its class logits [Q, K+1] and mask logits [Q, H_pad, W_pad]."""
+        height = batched_input.get("height", image_size[0])
+        width = batched_input.get("width", image_size[1])
+        result = {}
+        if self.sem_seg_postprocess_before_inference:
+            mask_pred = sem_seg_postprocess(mask_pred, image_size, height, width)
+            mask_cls = mask_cls.to(mask_pred)
+        if self.semantic_on:
+            r = semantic_inference(mask_cls, mask_pred)
+            if not self.sem_seg_postprocess_before_inference:
+                r = sem_seg_postprocess(r, image_size, height, width)
+            result["sem_seg"] = r
+        if self.panoptic_on:
+            result["panoptic_seg"] = panoptic_inference(
+                mask_cls,
+                mask_pred,
+                object_mask_threshold=self.object_mask_threshold,
+                overlap_threshold=self.overlap_threshold,
+                thing_classes=self.thing_classes,
+            )
+        if self.instance_on:
+            result["instances"] = instance_inference(
+                mask_cls,
+                mask_pred,
+                test_topk_per_image=self.test_topk_per_image,
+                thing_classes=self.thing_classes if self.panoptic_on else None,
+            )
+        return result
+
+    @property
+    def thing_classes(self) -> List[int]:
+        """Contiguous ids of the "thing" classes, from ``metadata.thing_dataset_id_to_contiguous_id``."""
+        return sorted(self.metadata.thing_dataset_id_to_contiguous_id.values())
+
+    def prepare_targets(self, targets, images: ImageList) -> List[Dict[str, torch.Tensor]]:
+        """Per-image training targets ``{"labels": [G], "masks": [G, H_pad, W_pad]}``, with the
+        ground-truth masks zero-padded to the batch's padded size."""
+        h_pad, w_pad = images.tensor.shape[-2:]
+        new_targets = []
+        for per_image in targets:
+            gt_masks = per_image.gt_masks
+            padded = gt_masks.new_zeros((gt_masks.shape[0], h_pad, w_pad))
+            padded[:, : gt_masks.shape[1], : gt_masks.shape[2]] = gt_masks
+            new_targets.append({"labels": per_image.gt_classes, "masks": padded})
+        return new_targets

@@ -1,0 +1,176 @@
+"""Turn Mask2Former's per-query predictions into semantic, panoptic and instance results
+(Cheng et al., CVPR 2022, Sec. 4 and Appendix A "mask classification inference").
+
+All functions take the predictions of one image: ``mask_cls`` [Q, K+1] class logits (last = "no
+object") and ``mask_pred`` [Q, H, W] mask logits, and are pure functions of them.
+"""
+from typing import Collection, Dict, List, Optional, Tuple
+
+import torch
+from torch.nn import functional as F
+
+from ..structures import Boxes, Instances, masks_to_boxes
+
+__all__ = [
+    "instance_inference",
+    "panoptic_inference",
+    "sem_seg_postprocess",
+    "semantic_inference",
+]
+
+
+def sem_seg_postprocess(
+    result: torch.Tensor, img_size: Tuple[int, int], output_height: int, output_width: int
+) -> torch.Tensor:
+    """Crop the padding off per-pixel predictions and resize them to the output resolution.
+
+    Args:
+        result: [C, H_pad, W_pad] predictions at the padded input resolution.
+        img_size: (h, w) of the unpadded input image; ``result[:, :h, :w]`` is kept.
+        output_height, output_width: resolution to resize to (bilinear, ``align_corners=False``).
+
+    Returns:
+        [C, output_height, output_width].
+    """
+    result = result[:, : img_size[0], : img_size[1]].expand(1, -1, -1, -1)
+    return F.interpolate(result, size=(output_height, output_width), mode="bilinear", align_corners=False)[0]
+
+
+def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch.Tensor:
+    """Per-class scores ``sum_q softmax(mask_cls)[q, c] * sigmoid(mask_pred)[q]``.
+
+    Args:
+        mask_cls: [Q, K+1] class logits.
+        mask_pred: [Q, H, W] mask logits.
+
+    Returns:
+        [K, H, W] semantic scores (the "no object" class is dropped).
+    """
+    probs = F.softmax(mask_cls, dim=-1)[..., :-1]
+    return torch.einsum("qc,qhw->chw", probs, mask_pred.sigmoid())
+
+
+def panoptic_inference(
+    mask_cls: torch.Tensor,
+    mask_pred: torch.Tensor,
+    *,
+    object_mask_threshold: float,
+    overlap_threshold: float,
+    thing_classes: Collection[int],
+) -> Tuple[torch.Tensor, List[Dict]]:
+    """Panoptic segmentation from mask classification.
+
+    Queries whose best class is "no object" or whose best-class probability is
+    ``<= object_mask_threshold`` are dropped. Each pixel goes to the kept query maximising
+    ``score * sigmoid(mask)``; a query keeps the pixels it wins that also have
+    ``sigmoid(mask) >= 0.5``, and is dropped when those are fewer than ``overlap_threshold`` of its
+    own ``sigmoid(mask) >= 0.5`` area. Segments of the same stuff class are merged.
+
+    Args:
+        mask_cls: [Q, K+1] class logits.
+        mask_pred: [Q, H, W] mask logits.
+        object_mask_threshold: minimum class probability of a kept query.
+        overlap_threshold: minimum fraction of a query's mask that must remain visible.
+        thing_classes: contiguous ids (0..K-1) of the "thing" classes.
+
+    Returns:
+        ``panoptic_seg`` int32 [H, W] (0 = void, else a segment id), and ``segments_info``: one dict
+        ``{"id": int, "isthing": bool, "category_id": int (contiguous)}`` per segment id, ids from 1.
+    """
+    num_classes = mask_cls.shape[-1] - 1
+    scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
+    mask_prob = mask_pred.sigmoid()
+
+    keep = labels.ne(num_classes) & (scores > object_mask_threshold)
+    cur_scores = scores[keep]
+    cur_classes = labels[keep]
+    cur_masks = mask_prob[keep]
+
+    h, w = cur_masks.shape[-2:]
+    panoptic_seg = torch.zeros((h, w), dtype=torch.int32, device=cur_masks.device)
+    segments_info: List[Dict] = []
+    if cur_masks.shape[0] == 0:
+        return panoptic_seg, segments_info
+
+    cur_mask_ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)
+    thing_classes = set(int(c) for c in thing_classes)
+    stuff_segment_ids: Dict[int, int] = {}
+    current_segment_id = 0
+    for k in range(cur_classes.shape[0]):
+        pred_class = int(cur_classes[k].item())
+        isthing = pred_class in thing_classes
+        won = cur_mask_ids == k
+        original = cur_masks[k] >= 0.5
+        mask = won & original
+        mask_area = int(won.sum().item())
+        original_area = int(original.sum().item())
+        if mask_area == 0 or original_area == 0 or int(mask.sum().item()) == 0:
+            continue
+        if mask_area / original_area < overlap_threshold:
+            continue
+        if not isthing:
+            if pred_class in stuff_segment_ids:
+                panoptic_seg[mask] = stuff_segment_ids[pred_class]
+                continue
+            stuff_segment_ids[pred_class] = current_segment_id + 1
+        current_segment_id += 1
+        panoptic_seg[mask] = current_segment_id
+        segments_info.append({"id": current_segment_id, "isthing": bool(isthing), "category_id": pred_class})
+    return panoptic_seg, segments_info
+
+
+def instance_inference(
+    mask_cls: torch.Tensor,
+    mask_pred: torch.Tensor,
+    *,
+    test_topk_per_image: int,
+    thing_classes: Optional[Collection[int]] = None,
+    boxes_from_masks: bool = False,
+) -> Instances:
+    """Instance segmentation from mask classification.
+
+    Every (query, class) pair is a candidate scored by its class probability; the
+    ``k = min(test_topk_per_image, Q*K)`` best are kept (in ``torch.topk(sorted=False)`` order).
+    With ``thing_classes`` given, candidates of other classes are then dropped. The final score
+    multiplies the class probability by the mean mask probability inside the predicted mask.
+
+    Args:
+        mask_cls: [Q, K+1] class logits.
+        mask_pred: [Q, H, W] mask logits at the output resolution.
+        test_topk_per_image: maximum number of instances.
+        thing_classes: contiguous ids of the classes to keep (None = all), for panoptic models.
+        boxes_from_masks: compute tight boxes around the masks; otherwise boxes are all zero, as in
+            the published model.
+
+    Returns:
+        ``Instances`` of image size (H, W) with ``pred_masks`` float [N, H, W] (1.0 where the mask
+        logit > 0), ``pred_boxes`` ``Boxes`` [N, 4] (XYXY pixels), ``scores`` float [N] and
+        ``pred_classes`` int64 [N] (contiguous ids).
+    """
+    num_queries, num_classes = mask_cls.shape[0], mask_cls.shape[-1] - 1
+    scores = F.softmax(mask_cls, dim=-1)[:, :-1]
+    labels = torch.arange(num_classes, device=mask_cls.device).repeat(num_queries)
+    k = min(test_topk_per_image, num_queries * num_classes)
+    scores_per_image, topk_indices = scores.flatten(0, 1).topk(k, sorted=False)
+    labels_per_image = labels[topk_indices]
+    mask_pred = mask_pred[torch.div(topk_indices, num_classes, rounding_mode="floor")]
+
+    if thing_classes is not None:
+        things = torch.tensor(sorted(int(c) for c in thing_classes), dtype=labels.dtype, device=labels.device)
+        keep = torch.isin(labels_per_image, things)
+        scores_per_image = scores_per_image[keep]
+        labels_per_image = labels_per_image[keep]
+        mask_pred = mask_pred[keep]
+
+    result = Instances(tuple(int(s) for s in mask_pred.shape[-2:]))
+    pred_masks = (mask_pred > 0).float()
+    result.pred_masks = pred_masks
+    if boxes_from_masks:
+        result.pred_boxes = masks_to_boxes(pred_masks)
+    else:
+        result.pred_boxes = Boxes(torch.zeros(mask_pred.shape[0], 4, device=mask_pred.device))
+    flat_masks = pred_masks.flatten(1)
+    mask_scores = (mask_pred.sigmoid().flatten(1) * flat_masks).sum(1) / (flat_masks.sum(1) + 1e-6)
+    result.scores = scores_per_image * mask_scores
+    result.pred_classes = labels_per_image
+    return result

@@ -1,0 +1,110 @@
+"""Test-time augmentation for semantic segmentation: average the ``sem_seg`` scores of a model over
+several input scales and (optionally) horizontal flips, as in Mask2Former's multi-scale evaluation."""
+import copy
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ..config import configurable
+
+__all__ = ["SemanticSegmentorWithTTA", "resize_shortest_edge_shape"]
+
+
+def resize_shortest_edge_shape(height: int, width: int, short_edge: int, max_size: int) -> Tuple[int, int]:
+    """Output (height, width) of resizing the shorter side to ``short_edge`` pixels while keeping the
+    longer side <= ``max_size`` (Detectron2's ``ResizeShortestEdge.get_output_shape``)."""
+    scale = short_edge / min(height, width)
+    if height < width:
+        new_h, new_w = float(short_edge), scale * width
+    else:
+        new_h, new_w = scale * height, float(short_edge)
+    if max(new_h, new_w) > max_size:
+        scale = max_size / max(new_h, new_w)
+        new_h, new_w = new_h * scale, new_w * scale
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+def _resize_uint8(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Bilinear PIL resize of a uint8 [C, H, W] image to ``size = (h, w)`` (as Detectron2 resizes
+    uint8 images)."""
+    array = np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())
+    resized = np.asarray(Image.fromarray(array).resize((size[1], size[0]), Image.BILINEAR))
+    return torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+
+
+class SemanticSegmentorWithTTA(nn.Module):
+    """Wraps a model whose outputs have ``sem_seg`` [K, height, width]; calling it returns, per
+    input, ``{"sem_seg": mean of the scores over all augmented copies}`` at the original
+    (``height``, ``width``) resolution."""
+
+    @configurable
+    def __init__(self, model: nn.Module, *, min_sizes: Sequence[int], max_size: int, flip: bool):
+        """
+        Args:
+            model: the segmentation model (inference mode is used).
+            min_sizes: shorter-side lengths of the resized copies, in pixels.
+            max_size: longest side allowed after resizing.
+            flip: also run every scale horizontally flipped (and flip the scores back).
+
+        Raises:
+            ValueError: ``min_sizes`` is empty.
+        """
+        super().__init__()
+        if len(min_sizes) == 0:
+            raise ValueError("SemanticSegmentorWithTTA needs at least one size in min_sizes")
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        self.model = model
+        self.min_sizes = list(min_sizes)
+        self.max_size = max_size
+        self.flip = flip
+
+    @classmethod
+    def from_config(cls, cfg, model: nn.Module):
+        return {
+            "model": model,
+            "min_sizes": cfg.TEST.AUG.MIN_SIZES,
+            "max_size": cfg.TEST.AUG.MAX_SIZE,
+            "flip": cfg.TEST.AUG.FLIP,
+        }
+
+    def augment(self, dataset_dict: Dict) -> List[Tuple[Dict, bool]]:
+        """The augmented copies of one input as ``(dict, flipped)`` pairs: for each min size the
+        resized image, then (with ``flip``) its mirror image. ``height``/``width`` are kept (they
+        default to the input image size)."""
+        image = dataset_dict["image"]
+        out = []
+        for min_size in self.min_sizes:
+            size = resize_shortest_edge_shape(image.shape[-2], image.shape[-1], min_size, self.max_size)
+            resized = _resize_uint8(image, size)
+            for flipped in ([False, True] if self.flip else [False]):
+                d = copy.copy(dataset_dict)
+                d.setdefault("height", image.shape[-2])
+                d.setdefault("width", image.shape[-1])
+                d["image"] = resized.flip(dims=[2]) if flipped else resized
+                out.append((d, flipped))
+        return out
+
+    def forward(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
+        """
+        Args:
+            batched_inputs: dicts with ``image`` uint8 [3, H, W] and optional ``height``/``width``.
+
+        Returns:
+            one ``{"sem_seg": float [K, height, width]}`` per input.
+        """
+        results = []
+        for dataset_dict in batched_inputs:
+            total = None
+            augmented = self.augment(dataset_dict)
+            for d, flipped in augmented:
+                with torch.no_grad():
+                    sem_seg = self.model([d])[0]["sem_seg"]
+                if flipped:
+                    sem_seg = sem_seg.flip(dims=[2])
+                total = sem_seg if total is None else total + sem_seg
+            results.append({"sem_seg": total / len(augmented)})
+        return results

@@ -1,0 +1,220 @@
+"""Masked-attention multi-scale Transformer decoder of Mask2Former (Cheng et al., CVPR 2022, Sec. 3.2).
+
+Learnable queries attend, layer by layer and round-robin over three feature scales (coarsest
+first), to the pixel-decoder features. Cross-attention is *masked*: each query only attends to
+pixels where its mask predicted by the previous layer has probability >= 0.5 (Eq. 2). Class logits
+and mask logits are predicted from the learnable queries before the first layer and after every
+layer (deep supervision).
+"""
+from typing import Dict, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ...config import configurable
+from ...layers import Conv2d, c2_xavier_fill
+from ...layers.position_encoding import PositionEmbeddingSine
+from ...utils.registry import TRANSFORMER_DECODER_REGISTRY
+from .layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer
+
+__all__ = ["MultiScaleMaskedTransformerDecoder"]
+
+
+@TRANSFORMER_DECODER_REGISTRY.register()
+class MultiScaleMaskedTransformerDecoder(nn.Module):
+    """Mask2Former's Transformer decoder (module ``sem_seg_head.predictor`` of the published model).
+
+    State-dict layout: ``transformer_{self,cross}_attention_layers.i``, ``transformer_ffn_layers.i``,
+    ``decoder_norm``, ``query_feat``, ``query_embed``, ``level_embed``, ``input_proj.{0,1,2}``
+    (1x1 convs, parameter-free when not needed), ``class_embed``, ``mask_embed.layers.{0,1,2}``.
+    """
+
+    # Version 2 is the current key layout; saving it into ``_metadata`` tells the original
+    # implementation not to rename keys when it loads checkpoints written by this one.
+    _version = 2
+
+    num_feature_levels = 3
+
+    @configurable
+    def __init__(
+        self,
+        in_channels: int,
+        mask_classification: bool = True,
+        *,
+        num_classes: int,
+        hidden_dim: int,
+        num_queries: int,
+        nheads: int,
+        dim_feedforward: int,
+        dec_layers: int,
+        pre_norm: bool,
+        mask_dim: int,
+        enforce_input_project: bool,
+    ):
+        """
+        Args:
+            in_channels: channels C_in of each of the three multi-scale input features.
+            mask_classification: must be True (the model classifies masks).
+            num_classes: number of classes K; the class head predicts K+1 logits (last = "no object").
+            hidden_dim: Transformer width C.
+            num_queries: number of queries Q.
+            nheads: attention heads.
+            dim_feedforward: hidden width of the FFN blocks.
+            dec_layers: number of Transformer layers L (config DEC_LAYERS - 1).
+            pre_norm: pre-LayerNorm residual blocks instead of post-norm.
+            mask_dim: channels of the per-pixel embeddings the masks are predicted from.
+            enforce_input_project: use 1x1 input projections even when ``in_channels == hidden_dim``.
+
+        Raises:
+            ValueError: ``mask_classification`` is False.
+        """
+        super().__init__()
+        if not mask_classification:
+            raise ValueError("MultiScaleMaskedTransformerDecoder only supports mask_classification=True")
+        self.mask_classification = mask_classification
+
+        self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
+
+        self.num_heads = nheads
+        self.num_layers = dec_layers
+        self.transformer_self_attention_layers = nn.ModuleList(
+            SelfAttentionLayer(hidden_dim, nheads, dropout=0.0, normalize_before=pre_norm)
+            for _ in range(dec_layers)
+        )
+        self.transformer_cross_attention_layers = nn.ModuleList(
+            CrossAttentionLayer(hidden_dim, nheads, dropout=0.0, normalize_before=pre_norm)
+            for _ in range(dec_layers)
+        )
+        self.transformer_ffn_layers = nn.ModuleList(
+            FFNLayer(hidden_dim, dim_feedforward, dropout=0.0, normalize_before=pre_norm)
+            for _ in range(dec_layers)
+        )
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
+
+        self.num_queries = num_queries
+        self.query_feat = nn.Embedding(num_queries, hidden_dim)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+
+        self.level_embed = nn.Embedding(self.num_feature_levels, hidden_dim)
+        self.input_proj = nn.ModuleList()
+        for _ in range(self.num_feature_levels):
+            if in_channels != hidden_dim or enforce_input_project:
+                proj = Conv2d(in_channels, hidden_dim, kernel_size=1)
+                c2_xavier_fill(proj)
+                self.input_proj.append(proj)
+            else:
+                self.input_proj.append(nn.Sequential())
+
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+
+    @classmethod
+    def from_config(cls, cfg, in_channels: int, mask_classification: bool):
+        if cfg.MODEL.MASK_FORMER.DEC_LAYERS < 1:
+            raise ValueError(
+                f"MODEL.MASK_FORMER.DEC_LAYERS must be >= 1, got {cfg.MODEL.MASK_FORMER.DEC_LAYERS}"
+            )
+        return {
+            "in_channels": in_channels,
+            "mask_classification": mask_classification,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "hidden_dim": cfg.MODEL.MASK_FORMER.HIDDEN_DIM,
+            "num_queries": cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES,
+            "nheads": cfg.MODEL.MASK_FORMER.NHEADS,
+            "dim_feedforward": cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD,
+            # DEC_LAYERS counts the prediction on the learnable queries as a layer, so that the
+            # number of supervised predictions (L + 1) equals DEC_LAYERS.
+            "dec_layers": cfg.MODEL.MASK_FORMER.DEC_LAYERS - 1,
+            "pre_norm": cfg.MODEL.MASK_FORMER.PRE_NORM,
+            "enforce_input_project": cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ,
+            "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
+        }
+
+    def forward(self, x: Sequence[torch.Tensor], mask_features: torch.Tensor) -> Dict[str, object]:
+        """
+        Args:
+            x: three feature maps [N, C_in, H_l, W_l], coarsest first.
+            mask_features: per-pixel embeddings [N, mask_dim, H, W] (stride 4).
+
+        Returns:
+            dict with ``pred_logits`` [N, Q, K+1] and ``pred_masks`` [N, Q, H, W] (logits) of the
+            last layer, and ``aux_outputs``: a list of L dicts with the same two keys for the
+            learnable queries and the first L-1 layers, in order.
+
+        Raises:
+            ValueError: ``x`` does not hold exactly three feature maps.
+        """
+        if len(x) != self.num_feature_levels:
+            raise ValueError(f"Expected {self.num_feature_levels} feature maps, got {len(x)}")
+        src, pos, sizes = [], [], []
+        for i, feature in enumerate(x):
+            sizes.append(feature.shape[-2:])
+            # [N, C, H, W] -> [HW, N, C]
+            pos.append(self.pe_layer(feature).flatten(2).permute(2, 0, 1))
+            level = self.input_proj[i](feature).flatten(2) + self.level_embed.weight[i][None, :, None]
+            src.append(level.permute(2, 0, 1))
+
+        batch = src[0].shape[1]
+        query_embed = self.query_embed.weight.unsqueeze(1).repeat(1, batch, 1)
+        output = self.query_feat.weight.unsqueeze(1).repeat(1, batch, 1)
+
+        classes, masks = [], []
+        outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(
+            output, mask_features, sizes[0]
+        )
+        classes.append(outputs_class)
+        masks.append(outputs_mask)
+
+        for i in range(self.num_layers):
+            level_index = i % self.num_feature_levels
+            # A query whose mask covers no pixel would attend to nothing: let it attend everywhere.
+            attn_mask = attn_mask & ~attn_mask.all(dim=-1, keepdim=True)
+            output = self.transformer_cross_attention_layers[i](
+                output,
+                src[level_index],
+                memory_mask=attn_mask,
+                memory_key_padding_mask=None,
+                pos=pos[level_index],
+                query_pos=query_embed,
+            )
+            output = self.transformer_self_attention_layers[i](output, query_pos=query_embed)
+            output = self.transformer_ffn_layers[i](output)
+            outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(
+                output, mask_features, sizes[(i + 1) % self.num_feature_levels]
+            )
+            classes.append(outputs_class)
+            masks.append(outputs_mask)
+
+        return {
+            "pred_logits": classes[-1],
+            "pred_masks": masks[-1],
+            "aux_outputs": [{"pred_logits": c, "pred_masks": m} for c, m in zip(classes[:-1], masks[:-1])],
+        }
+
+    def forward_prediction_heads(
+        self, output: torch.Tensor, mask_features: torch.Tensor, attn_mask_target_size: Tuple[int, int]
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Class logits, mask logits and the next layer's attention mask from the queries.
+
+        Args:
+            output: query features [Q, N, C].
+            mask_features: [N, mask_dim, H, W].
+            attn_mask_target_size: (h, w) of the feature level the next layer attends to.
+
+        Returns:
+            class logits [N, Q, K+1]; mask logits [N, Q, H, W]; attention mask bool
+            [N*heads, Q, h*w], True where the bilinearly resized mask probability is < 0.5
+            (= not attended), detached from the graph.
+        """
+        decoder_output = self.decoder_norm(output).transpose(0, 1)
+        outputs_class = self.class_embed(decoder_output)
+        mask_embed = self.mask_embed(decoder_output)
+        outputs_mask = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
+
+        attn_mask = F.interpolate(
+            outputs_mask, size=attn_mask_target_size, mode="bilinear", align_corners=False
+        )
+        attn_mask = attn_mask.sigmoid().flatten(2) < 0.5
+        attn_mask = attn_mask.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1).detach()
+        return outputs_class, outputs_mask, attn_mask

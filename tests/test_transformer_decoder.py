@@ -1,0 +1,131 @@
+"""MultiScaleMaskedTransformerDecoder: published state-dict layout and numerical parity with the
+original implementation (fixtures under ../shared/reference)."""
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from mask2former.modeling.transformer_decoder import MultiScaleMaskedTransformerDecoder
+from mask2former.modeling.transformer_decoder.layers import CrossAttentionLayer, FFNLayer, SelfAttentionLayer
+
+PREFIX = "sem_seg_head.predictor."
+FIXTURES = ["thin_r50_coco_panoptic", "thin_swin_coco_instance", "thin_r50_ade20k_semantic"]
+
+
+def _decoder_from_fixture_config(config_path: Path) -> MultiScaleMaskedTransformerDecoder:
+    model = yaml.safe_load(config_path.read_text())["MODEL"]
+    mf, head = model["MASK_FORMER"], model["SEM_SEG_HEAD"]
+    return MultiScaleMaskedTransformerDecoder(
+        head["CONVS_DIM"],
+        True,
+        num_classes=head["NUM_CLASSES"],
+        hidden_dim=mf["HIDDEN_DIM"],
+        num_queries=mf["NUM_OBJECT_QUERIES"],
+        nheads=mf["NHEADS"],
+        dim_feedforward=mf["DIM_FEEDFORWARD"],
+        dec_layers=mf["DEC_LAYERS"] - 1,
+        pre_norm=mf["PRE_NORM"],
+        mask_dim=head["MASK_DIM"],
+        enforce_input_project=mf["ENFORCE_INPUT_PROJ"],
+    )
+
+
+def _predictor_weights(model_pkl: Path) -> dict:
+    with open(model_pkl, "rb") as f:
+        weights = pickle.load(f)["model"]
+    return {
+        k[len(PREFIX):]: torch.from_numpy(np.asarray(v)) for k, v in weights.items() if k.startswith(PREFIX)
+    }
+
+
+def _assert_close(name, actual, expected):
+    expected = torch.from_numpy(expected)
+    diff = (actual - expected).abs()
+    # 1e-4 absolute, relaxed to 1e-3 relative for magnitudes above 1 (fixture README).
+    bound = torch.maximum(torch.full_like(expected, 1e-4), 1e-3 * expected.abs())
+    assert bool((diff <= bound).all()), f"{name}: max abs diff {diff.max().item():.3g}"
+
+
+@pytest.mark.parametrize("fixture", FIXTURES)
+def test_predictor_parity_with_published_decoder(reference_dir, fixture):
+    root = reference_dir / fixture
+    decoder = _decoder_from_fixture_config(root / "config.yaml").eval()
+    incompatible = decoder.load_state_dict(_predictor_weights(root / "model.pkl"), strict=True)
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+
+    # The first processed image carries the pixel-decoder outputs fed to the decoder.
+    npz = next(np.load(p) for p in sorted(root.glob("*.npz")) if "multi_scale_0" in np.load(p).files)
+    features = [torch.from_numpy(npz[f"multi_scale_{i}"])[None] for i in range(3)]
+    with torch.no_grad():
+        out = decoder(features, torch.from_numpy(npz["mask_features"])[None])
+
+    _assert_close("pred_logits", out["pred_logits"][0], npz["pred_logits"])
+    _assert_close("pred_masks", out["pred_masks"][0], npz["pred_masks"])
+    assert len(out["aux_outputs"]) == 3
+    for i, aux in enumerate(out["aux_outputs"]):
+        _assert_close(f"aux{i}_pred_logits", aux["pred_logits"][0], npz[f"aux{i}_pred_logits"])
+        _assert_close(f"aux{i}_pred_masks", aux["pred_masks"][0], npz[f"aux{i}_pred_masks"])
+
+
+def test_state_dict_matches_published_manifest(reference_dir):
+    """Full-size COCO panoptic R50 decoder: same keys and shapes as the model-zoo checkpoint."""
+    manifest = json.loads((reference_dir / "keys" / "coco_panoptic_R50.json").read_text())["state_dict"]
+    expected = {k[len(PREFIX):]: tuple(v) for k, v in manifest.items() if k.startswith(PREFIX)}
+    decoder = MultiScaleMaskedTransformerDecoder(
+        256, num_classes=133, hidden_dim=256, num_queries=100, nheads=8, dim_feedforward=2048,
+        dec_layers=9, pre_norm=False, mask_dim=256, enforce_input_project=False,
+    )
+    assert {k: tuple(v.shape) for k, v in decoder.state_dict().items()} == expected
+
+
+def test_input_projection_only_when_needed():
+    kwargs = dict(num_classes=3, hidden_dim=16, num_queries=4, nheads=2, dim_feedforward=32,
+                  dec_layers=2, pre_norm=False, mask_dim=8)
+    same = MultiScaleMaskedTransformerDecoder(16, enforce_input_project=False, **kwargs)
+    assert all(len(list(p.parameters())) == 0 for p in same.input_proj)
+    forced = MultiScaleMaskedTransformerDecoder(16, enforce_input_project=True, **kwargs)
+    assert [tuple(p.weight.shape) for p in forced.input_proj] == [(16, 16, 1, 1)] * 3
+    wider = MultiScaleMaskedTransformerDecoder(24, enforce_input_project=False, **kwargs)
+    assert [tuple(p.weight.shape) for p in wider.input_proj] == [(16, 24, 1, 1)] * 3
+
+
+def test_forward_shapes_batch_and_attention_mask():
+    torch.manual_seed(0)
+    decoder = MultiScaleMaskedTransformerDecoder(
+        16, num_classes=5, hidden_dim=16, num_queries=6, nheads=4, dim_feedforward=32,
+        dec_layers=4, pre_norm=True, mask_dim=8, enforce_input_project=False,
+    ).eval()
+    features = [torch.randn(2, 16, 2, 3), torch.randn(2, 16, 4, 6), torch.randn(2, 16, 8, 12)]
+    mask_features = torch.randn(2, 8, 16, 24)
+    with torch.no_grad():
+        out = decoder(features, mask_features)
+        single = decoder([f[1:] for f in features], mask_features[1:])
+    assert out["pred_logits"].shape == (2, 6, 6)
+    assert out["pred_masks"].shape == (2, 6, 16, 24)
+    assert len(out["aux_outputs"]) == 4
+    # Batch elements are independent.
+    torch.testing.assert_close(out["pred_masks"][1:], single["pred_masks"], atol=1e-5, rtol=1e-5)
+
+    _, masks, attn_mask = decoder.forward_prediction_heads(
+        decoder.query_feat.weight[:, None].repeat(1, 2, 1), mask_features, (4, 6)
+    )
+    assert attn_mask.shape == (2 * 4, 6, 24) and attn_mask.dtype == torch.bool
+    resized = torch.nn.functional.interpolate(masks, size=(4, 6), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(attn_mask[::4], resized.flatten(2).sigmoid() < 0.5)
+
+
+def test_layers_post_and_pre_norm():
+    torch.manual_seed(0)
+    x, mem = torch.randn(5, 2, 8), torch.randn(7, 2, 8)
+    cases = [(SelfAttentionLayer(8, 2), (x,)), (CrossAttentionLayer(8, 2), (x, mem)), (FFNLayer(8, 16), (x,))]
+    for layer, args in cases:
+        out = layer(*args)
+        # Post-norm: the output is LayerNorm-ed (zero mean per token with default affine).
+        assert out.shape == x.shape
+        torch.testing.assert_close(out.mean(-1), torch.zeros(5, 2), atol=1e-5, rtol=0)
+        layer.normalize_before = True
+        assert not torch.allclose(layer(*args).mean(-1), torch.zeros(5, 2), atol=1e-3)
