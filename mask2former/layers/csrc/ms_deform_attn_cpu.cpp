@@ -26,6 +26,8 @@ namespace {
 constexpr int64_t kForwardGrain = 16;
 // Fewest queries a backward chunk gets when (batch, head) pairs are split over more threads.
 constexpr int64_t kMinQueriesPerChunk = 256;
+// Independent partial sums per dot product in the backward pass.
+constexpr int kDotLanes = 8;
 
 template <typename scalar_t>
 void forward_kernel(
@@ -78,6 +80,33 @@ void forward_kernel(
       }
     }
   });
+}
+
+// dot[k] = sum_d g[d] * v[k][d] for the four corners, with kDotLanes independent partial sums
+// per corner so that the compiler can vectorise the loop.
+template <typename scalar_t>
+void dot4(const at::opmath_type<scalar_t>* g, const scalar_t* const* v, int64_t channels, at::opmath_type<scalar_t>* dot) {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t partial[4][kDotLanes] = {};
+  int64_t d = 0;
+  for (; d + kDotLanes <= channels; d += kDotLanes) {
+    for (int k = 0; k < 4; ++k) {
+      for (int j = 0; j < kDotLanes; ++j) {
+        partial[k][j] += g[d + j] * static_cast<acc_t>(v[k][d + j]);
+      }
+    }
+  }
+  for (; d < channels; ++d) {
+    for (int k = 0; k < 4; ++k) {
+      partial[k][0] += g[d] * static_cast<acc_t>(v[k][d]);
+    }
+  }
+  for (int k = 0; k < 4; ++k) {
+    dot[k] = 0;
+    for (int j = 0; j < kDotLanes; ++j) {
+      dot[k] += partial[k][j];
+    }
+  }
 }
 
 // grad_value_acc is [N, chunks, S, M, D] in the op-math type; chunk c of (n, m) covers queries
@@ -133,20 +162,14 @@ void backward_kernel(
             for (int k = 0; k < 4; ++k) {
               v[k] = c.pixel[k] >= 0 ? value_l + c.pixel[k] * pixel_stride : zeros.data();
             }
-            // d(sample)/dx = (1 - fy) (v1 - v0) + fy (v3 - v2); d(sample)/dy likewise along y
-            acc_t grad_a = 0;
-            acc_t grad_x = 0;
-            acc_t grad_y = 0;
-            for (int64_t d = 0; d < channels; ++d) {
-              const acc_t v0 = static_cast<acc_t>(v[0][d]);
-              const acc_t v1 = static_cast<acc_t>(v[1][d]);
-              const acc_t v2 = static_cast<acc_t>(v[2][d]);
-              const acc_t v3 = static_cast<acc_t>(v[3][d]);
-              const acc_t sample = c.weight[0] * v0 + c.weight[1] * v1 + c.weight[2] * v2 + c.weight[3] * v3;
-              grad_a += grad_out[d] * sample;
-              grad_x += grad_out[d] * ((1 - c.fy) * (v1 - v0) + c.fy * (v3 - v2));
-              grad_y += grad_out[d] * ((1 - c.fx) * (v2 - v0) + c.fx * (v3 - v1));
-            }
+            // with dot[k] = <grad_out, v_k>: sample = sum_k weight_k v_k, so
+            // dL/da = sum_k weight_k dot[k], dL/dx = a ((1 - fy)(dot1 - dot0) + fy (dot3 - dot2)) * W
+            // (x = loc_x * W - 0.5), and likewise along y
+            acc_t dot[4];
+            dot4<scalar_t>(grad_out.data(), v, channels, dot);
+            const acc_t grad_a = c.weight[0] * dot[0] + c.weight[1] * dot[1] + c.weight[2] * dot[2] + c.weight[3] * dot[3];
+            const acc_t grad_x = (1 - c.fy) * (dot[1] - dot[0]) + c.fy * (dot[3] - dot[2]);
+            const acc_t grad_y = (1 - c.fx) * (dot[2] - dot[0]) + c.fx * (dot[3] - dot[1]);
             grad_weights[nqm * level_points + lp] = static_cast<scalar_t>(grad_a);
             grad_locations[(nqm * level_points + lp) * 2] = static_cast<scalar_t>(a * grad_x * static_cast<acc_t>(width));
             grad_locations[(nqm * level_points + lp) * 2 + 1] = static_cast<scalar_t>(a * grad_y * static_cast<acc_t>(height));
