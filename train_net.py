@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train and evaluate Mask2Former (standalone engine, no Detectron2 needed).
+"""Train and evaluate Mask2Former.
 
     python train_net.py --config-file configs/coco/panoptic/R50.yaml --num-gpus 8
     python train_net.py --config-file configs/coco/panoptic/R50.yaml --eval-only MODEL.WEIGHTS model.pkl
@@ -7,7 +7,14 @@
 
 Several machines: run on each with --num-machines N --machine-rank R --dist-url tcp://HOST:PORT.
 ``torchrun --nproc-per-node 8 train_net.py --config-file ...`` works too.
+
+``--engine standalone`` (default) trains on plain PyTorch, no Detectron2 needed.
+``--engine detectron2`` trains with Detectron2's ``DefaultTrainer`` and evaluates with Detectron2's
+evaluators (see :mod:`mask2former.engine.d2_trainer`); it needs Detectron2 installed.
 """
+import importlib.util
+import sys
+
 from mask2former.checkpoint import Checkpointer
 from mask2former.engine.defaults import default_argument_parser, setup
 from mask2former.engine.evaluation import evaluate_model
@@ -27,13 +34,40 @@ def main(args):
     return trainer.train()
 
 
-if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
+def _run_detectron2_engine(args):
+    """Hand over to the Detectron2 engine; exit with installation instructions without Detectron2."""
+    try:
+        from mask2former.engine import d2_trainer
+    except ImportError as exc:
+        if importlib.util.find_spec("detectron2") is not None:
+            raise  # Detectron2 is installed but broken: show the real error
+        sys.exit(f"error: {exc}")
+    return d2_trainer.run(args)
+
+
+def argument_parser():
+    """The common options (:func:`default_argument_parser`) plus ``--engine``."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--engine",
+        choices=("standalone", "detectron2"),
+        default="standalone",
+        help="training loop and evaluators: this package's (default) or Detectron2's DefaultTrainer "
+        "and evaluators (needs Detectron2 installed)",
     )
+    return parser
+
+
+if __name__ == "__main__":
+    args = argument_parser().parse_args()
+    if args.engine == "detectron2":
+        _run_detectron2_engine(args)
+    else:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )

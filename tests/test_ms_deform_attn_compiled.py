@@ -1,32 +1,35 @@
 """The compiled multi-scale deformable attention kernels (``mask2former._C``) against the
 executable specification ``ms_deform_attn_pytorch`` (per-level ``F.grid_sample``)."""
-import math
-
 import pytest
 import torch
 
 from mask2former.layers import ms_deform_attn_compiled as compiled
 from mask2former.layers.ms_deform_attn import ms_deform_attn, ms_deform_attn_pytorch
 
+msda_compiled = compiled.ms_deform_attn_compiled
+
 pytestmark = pytest.mark.skipif(
     not compiled.EXTENSION_AVAILABLE,
     reason="mask2former._C is not built (pip install --no-build-isolation -e .)",
 )
 requires_cuda_kernels = pytest.mark.skipif(
-    not (torch.cuda.is_available() and compiled.EXTENSION_AVAILABLE and compiled._C.compiled_with_cuda()),
+    not (
+        torch.cuda.is_available() and compiled.EXTENSION_AVAILABLE and compiled._C.compiled_with_cuda()
+    ),
     reason="needs a CUDA device and mask2former._C built with CUDA",
 )
 
 
-def make_inputs(batch, shapes, heads, channels, queries, points, spread=1.0, dtype=torch.float64, seed=0):
+def make_inputs(batch, shapes, heads, channels, queries, points, spread=1.0, dtype=torch.float64):
     """Random op inputs; ``spread`` > 1 widens the locations beyond [0, 1] (points off the map)."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(0)
     spatial_shapes = torch.tensor(shapes, dtype=torch.int64)
     sizes = spatial_shapes.prod(1)
     level_start_index = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
     levels = len(shapes)
     value = torch.randn(batch, int(sizes.sum()), heads, channels, generator=gen, dtype=dtype)
-    locations = (torch.rand(batch, queries, heads, levels, points, 2, generator=gen, dtype=dtype) - 0.5) * spread + 0.5
+    locations = torch.rand(batch, queries, heads, levels, points, 2, generator=gen, dtype=dtype)
+    locations = (locations - 0.5) * spread + 0.5
     weights = torch.rand(batch, queries, heads, levels, points, generator=gen, dtype=dtype)
     weights = weights / weights.sum((-1, -2), keepdim=True)
     return value, spatial_shapes, level_start_index, locations, weights
@@ -39,29 +42,38 @@ def forward_and_grads(fn, value, spatial_shapes, level_start_index, locations, w
     return [output.detach(), *grads]
 
 
-CPU_CASES = {
+CASES = {
     "three_levels": dict(batch=2, shapes=[(6, 7), (3, 5), (1, 2)], heads=3, channels=5, queries=11, points=4),
-    "points_outside": dict(batch=2, shapes=[(6, 7), (3, 5)], heads=2, channels=4, queries=13, points=3, spread=3.0),
+    "points_outside": dict(
+        batch=2, shapes=[(6, 7), (3, 5)], heads=2, channels=4, queries=13, points=3, spread=3.0
+    ),
     "single_level": dict(batch=1, shapes=[(5, 9)], heads=2, channels=3, queries=7, points=2),
-    "odd_sizes_wide_heads": dict(batch=1, shapes=[(7, 3), (5, 1), (1, 1)], heads=2, channels=40, queries=9, points=1),
+    # channels > 32: several channels per CUDA lane
+    "odd_sizes_wide_heads": dict(
+        batch=1, shapes=[(7, 3), (5, 1), (1, 1)], heads=2, channels=40, queries=9, points=1
+    ),
     "empty_batch": dict(batch=0, shapes=[(4, 5), (2, 3)], heads=2, channels=4, queries=6, points=2),
     "no_queries": dict(batch=2, shapes=[(4, 5)], heads=2, channels=4, queries=0, points=2),
-    # one (batch, head) pair and 600 queries: with 2 threads the backward splits queries in chunks
-    "chunked_backward": dict(batch=1, shapes=[(9, 11), (5, 6)], heads=1, channels=8, queries=600, points=4, spread=1.2),
+    # one (batch, head) pair and 600 queries: with 2 threads the CPU backward splits the queries
+    "chunked_backward": dict(
+        batch=1, shapes=[(9, 11), (5, 6)], heads=1, channels=8, queries=600, points=4, spread=1.2
+    ),
 }
 
 
-@pytest.mark.parametrize("case", list(CPU_CASES), ids=list(CPU_CASES))
+@pytest.mark.parametrize("case", list(CASES))
 def test_cpu_float32_matches_pytorch(case):
-    value, shapes, starts, locations, weights = make_inputs(dtype=torch.float32, **CPU_CASES[case])
+    value, shapes, starts, locations, weights = make_inputs(dtype=torch.float32, **CASES[case])
     grad_output = torch.randn(value.shape[0], locations.shape[1], value.shape[2] * value.shape[3])
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        actual = forward_and_grads(compiled.ms_deform_attn_compiled, value, shapes, starts, locations, weights, grad_output)
+        actual = forward_and_grads(msda_compiled, value, shapes, starts, locations, weights, grad_output)
     finally:
         torch.set_num_threads(threads)
-    expected = forward_and_grads(ms_deform_attn_pytorch, value, shapes, starts, locations, weights, grad_output)
+    expected = forward_and_grads(
+        ms_deform_attn_pytorch, value, shapes, starts, locations, weights, grad_output
+    )
     for name, a, e in zip(("output", "grad_value", "grad_locations", "grad_weights"), actual, expected):
         if e is None:  # the reference leaves grads of empty inputs unset
             e = torch.zeros_like(a)
@@ -79,32 +91,49 @@ def test_cpu_exact_borders_match_pytorch():
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="ij"), -1).reshape(1, -1, 1, 1, 1, 2)
     weights = torch.rand(1, grid.shape[1], 1, 1, 1)
     grad_output = torch.randn(1, grid.shape[1], 3)
-    actual = forward_and_grads(compiled.ms_deform_attn_compiled, value, shapes, starts, grid, weights, grad_output)
+    actual = forward_and_grads(msda_compiled, value, shapes, starts, grid, weights, grad_output)
     expected = forward_and_grads(ms_deform_attn_pytorch, value, shapes, starts, grid, weights, grad_output)
     for a, e in zip(actual, expected):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("spread", [1.0, 2.5])
-def test_cpu_gradcheck_float64(spread):
-    value, shapes, starts, locations, weights = make_inputs(2, [(3, 4), (2, 3)], 2, 3, 4, 2, spread=spread)
-    # keep points a finite-difference step away from pixel centres, where bilinear sampling has kinks
+def gradcheck_inputs(spread, device="cpu"):
+    """Tiny float64 inputs with every point a finite-difference step away from the integer pixel
+    coordinates, where bilinear sampling has kinks."""
+    value, shapes, starts, locations, weights = make_inputs(
+        2, [(3, 4), (2, 3)], 2, 3, 4, 2, spread=spread
+    )
+    # (W, H) per level
     pixel = torch.tensor([[4.0, 3.0], [3.0, 2.0]], dtype=torch.float64).view(1, 1, 1, 2, 1, 2)
     frac = (locations * pixel - 0.5).frac().abs()
     locations = torch.where((frac < 1e-3) | (frac > 1 - 1e-3), locations + 1e-2, locations)
-    inputs = (value.requires_grad_(), shapes, starts, locations.requires_grad_(), weights.requires_grad_())
-    assert torch.autograd.gradcheck(compiled.ms_deform_attn_compiled, inputs, eps=1e-6, atol=1e-6)
+    return (
+        value.to(device).requires_grad_(),
+        shapes,
+        starts,
+        locations.to(device).requires_grad_(),
+        weights.to(device).requires_grad_(),
+    )
+
+
+@pytest.mark.parametrize("spread", [1.0, 2.5])
+def test_cpu_gradcheck_float64(spread):
+    inputs = gradcheck_inputs(spread)
+    assert torch.autograd.gradcheck(msda_compiled, inputs, eps=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cpu_16bit_accumulates_in_float32(dtype):
-    value, shapes, starts, locations, weights = make_inputs(1, [(8, 9), (4, 5)], 2, 16, 20, 4, dtype=torch.float32)
-    low = [t.to(dtype) for t in (value, locations, weights)]
+    value, shapes, starts, locations, weights = make_inputs(
+        1, [(8, 9), (4, 5)], 2, 16, 20, 4, dtype=torch.float32
+    )
+    value, locations, weights = (t.to(dtype) for t in (value, locations, weights))
     grad_output = torch.randn(1, 20, 32).to(dtype)
-    actual = forward_and_grads(compiled.ms_deform_attn_compiled, low[0], shapes, starts, low[1], low[2], grad_output)
+    actual = forward_and_grads(msda_compiled, value, shapes, starts, locations, weights, grad_output)
     # reference: float32 on the same (rounded) inputs
     expected = forward_and_grads(
-        ms_deform_attn_pytorch, low[0].float(), shapes, starts, low[1].float(), low[2].float(), grad_output.float()
+        ms_deform_attn_pytorch,
+        value.float(), shapes, starts, locations.float(), weights.float(), grad_output.float(),
     )
     eps = torch.finfo(dtype).eps
     for a, e in zip(actual, expected):
@@ -112,43 +141,49 @@ def test_cpu_16bit_accumulates_in_float32(dtype):
         assert (a.float() - e).abs().max() <= 4 * eps * max(e.abs().max().item(), 1.0)
 
 
+def small_float32_inputs(batch=1):
+    return make_inputs(batch, [(5, 6), (3, 3)], 2, 4, 8, 2, dtype=torch.float32)
+
+
 def test_dispatcher_uses_compiled_kernels_on_cpu():
-    value, shapes, starts, locations, weights = make_inputs(1, [(5, 6), (3, 3)], 2, 4, 8, 2, dtype=torch.float32)
-    expected = compiled.ms_deform_attn_compiled(value, shapes, starts, locations, weights)
-    assert torch.equal(ms_deform_attn(value, shapes, starts, locations, weights, impl=compiled.IMPL_NAME), expected)
-    assert torch.equal(ms_deform_attn(value, shapes, starts, locations, weights, impl="auto"), expected)
+    args = small_float32_inputs()
+    expected = msda_compiled(*args)
+    assert torch.equal(ms_deform_attn(*args, impl=compiled.IMPL_NAME), expected)
+    assert torch.equal(ms_deform_attn(*args, impl="auto"), expected)
 
 
 def test_non_contiguous_and_int32_arguments():
-    value, shapes, starts, locations, weights = make_inputs(2, [(5, 6), (3, 3)], 2, 4, 8, 2, dtype=torch.float32)
+    value, shapes, starts, locations, weights = small_float32_inputs(batch=2)
     # same values, transposed storage
     value_t = value.transpose(0, 1).contiguous().transpose(0, 1)
     locations_t = locations.transpose(1, 2).contiguous().transpose(1, 2)
     assert not value_t.is_contiguous() and not locations_t.is_contiguous()
-    actual = compiled.ms_deform_attn_compiled(value_t, shapes.int(), starts.int(), locations_t, weights)
+    actual = msda_compiled(value_t, shapes.int(), starts.int(), locations_t, weights)
     expected = ms_deform_attn_pytorch(value, shapes, starts, locations, weights)
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_inconsistent_arguments_raise_value_error():
-    value, shapes, starts, locations, weights = make_inputs(1, [(5, 6), (3, 3)], 2, 4, 8, 2, dtype=torch.float32)
-    with pytest.raises(ValueError, match="sum to"):
-        compiled.ms_deform_attn_compiled(value[:, :-1], shapes, starts, locations, weights)
-    with pytest.raises(ValueError, match="level_start_index"):
-        compiled.ms_deform_attn_compiled(value, shapes, starts + 1, locations, weights)
-    with pytest.raises(ValueError, match="attention_weights"):
-        compiled.ms_deform_attn_compiled(value, shapes, starts, locations, weights[..., :1])
-    with pytest.raises(ValueError, match="dtype"):
-        compiled.ms_deform_attn_compiled(value, shapes, starts, locations.double(), weights)
+    value, shapes, starts, locations, weights = small_float32_inputs()
+    # messages as ms_deform_attn_pytorch's
+    shapes_str = r"spatial_shapes \[\(5, 6\), \(3, 3\)\]"
+    with pytest.raises(ValueError, match=rf"value has S=38 positions but {shapes_str} sum to 39"):
+        msda_compiled(value[:, :-1], shapes, starts, locations, weights)
+    with pytest.raises(ValueError, match=rf"level_start_index must be \[0, 30\] for {shapes_str}: \[1, 31\]"):
+        msda_compiled(value, shapes, starts + 1, locations, weights)
+    with pytest.raises(ValueError, match="attention_weights must be"):
+        msda_compiled(value, shapes, starts, locations, weights[..., :1])
+    with pytest.raises(ValueError, match="must have value's dtype"):
+        msda_compiled(value, shapes, starts, locations.double(), weights)
 
 
 def test_meta_tensors_give_output_shapes():
-    value, shapes, starts, locations, weights = (
-        t.to("meta") for t in make_inputs(2, [(5, 6), (3, 3)], 2, 4, 8, 3, dtype=torch.float32)
-    )
+    value, shapes, starts, locations, weights = (t.to("meta") for t in small_float32_inputs(batch=2))
     output = torch.ops.mask2former.ms_deform_attn_forward(value, shapes, starts, locations, weights)
     assert output.shape == (2, 8, 8) and output.device.type == "meta"
-    grads = torch.ops.mask2former.ms_deform_attn_backward(value, shapes, starts, locations, weights, output)
+    grads = torch.ops.mask2former.ms_deform_attn_backward(
+        value, shapes, starts, locations, weights, output
+    )
     assert [g.shape for g in grads] == [value.shape, locations.shape, weights.shape]
 
 
@@ -162,14 +197,17 @@ CUDA_TOLERANCES = {torch.float32: 1e-5, torch.float16: 4 * 2.0**-10, torch.bfloa
 @pytest.mark.parametrize("case", ["three_levels", "points_outside", "odd_sizes_wide_heads", "empty_batch"])
 def test_cuda_matches_pytorch(case, dtype):
     value, shapes, starts, locations, weights = (
-        t.cuda() for t in make_inputs(dtype=torch.float32, **CPU_CASES[case])
+        t.cuda() for t in make_inputs(dtype=torch.float32, **CASES[case])
     )
-    low = [t.to(dtype) for t in (value, locations, weights)]
-    grad_output = torch.randn(value.shape[0], locations.shape[1], value.shape[2] * value.shape[3], device="cuda")
-    actual = forward_and_grads(compiled.ms_deform_attn_compiled, low[0], shapes, starts, low[1], low[2], grad_output.to(dtype))
+    value, locations, weights = (t.to(dtype) for t in (value, locations, weights))
+    grad_output = torch.randn(
+        value.shape[0], locations.shape[1], value.shape[2] * value.shape[3], device="cuda"
+    ).to(dtype)
+    actual = forward_and_grads(msda_compiled, value, shapes, starts, locations, weights, grad_output)
+    # reference: float32 on the same (rounded) inputs
     expected = forward_and_grads(
-        ms_deform_attn_pytorch, low[0].float(), shapes, starts, low[1].float(), low[2].float(),
-        grad_output.to(dtype).float(),
+        ms_deform_attn_pytorch,
+        value.float(), shapes, starts, locations.float(), weights.float(), grad_output.float(),
     )
     tol = CUDA_TOLERANCES[dtype]
     for a, e in zip(actual, expected):
@@ -182,15 +220,19 @@ def test_cuda_matches_pytorch(case, dtype):
 
 
 @requires_cuda_kernels
-def test_cuda_gradcheck_float64():
-    value, shapes, starts, locations, weights = (t.cuda() for t in make_inputs(1, [(3, 4), (2, 3)], 2, 3, 4, 2))
-    inputs = (value.requires_grad_(), shapes, starts, locations.requires_grad_(), weights.requires_grad_())
-    assert torch.autograd.gradcheck(compiled.ms_deform_attn_compiled, inputs, eps=1e-6, atol=1e-6)
+@pytest.mark.parametrize("spread", [1.0, 2.5])
+def test_cuda_gradcheck_float64(spread):
+    inputs = gradcheck_inputs(spread, device="cuda")
+    # grad_value is summed with atomicAdd, in no fixed order
+    assert torch.autograd.gradcheck(msda_compiled, inputs, eps=1e-6, atol=1e-6, nondet_tol=1e-12)
 
 
 @requires_cuda_kernels
-def test_cuda_accepts_cpu_level_metadata():
-    value, shapes, starts, locations, weights = make_inputs(1, [(5, 6), (3, 3)], 2, 4, 8, 2, dtype=torch.float32)
-    actual = compiled.ms_deform_attn_compiled(value.cuda(), shapes, starts, locations.cuda(), weights.cuda())
+def test_cuda_dispatch_and_cpu_level_metadata():
+    value, shapes, starts, locations, weights = small_float32_inputs()
     expected = ms_deform_attn_pytorch(value, shapes, starts, locations, weights)
-    assert math.isclose((actual.cpu() - expected).abs().max().item(), 0.0, abs_tol=1e-5)
+    value, locations, weights = value.cuda(), locations.cuda(), weights.cuda()
+    actual = msda_compiled(value, shapes, starts, locations, weights)
+    torch.testing.assert_close(actual.cpu(), expected, rtol=1e-5, atol=1e-5)
+    shapes, starts = shapes.cuda(), starts.cuda()
+    assert torch.equal(ms_deform_attn(value, shapes, starts, locations, weights, impl="auto"), actual)

@@ -23,7 +23,20 @@ Tasks (``--task``, one or more):
 comma-separated ``key=value`` items (``impl=``, ``dtype=``, ``device=``, ``threads=`` or upper-case
 config keys) or ``default``. Inference and training alternate between the settings image by image
 and step by step, so that a varying machine load affects both alike; inference also reports how far
-the outputs differ (raw head outputs, semantic and panoptic maps).
+the outputs differ (raw head outputs, semantic and panoptic maps). The tool imports
+``mask2former.layers.ms_deform_attn_compiled``, so ``impl=auto`` picks the compiled op when
+``mask2former._C`` is built; the implementation actually used is reported as ``msdeformattn_impl``.
+
+Memory: ``peak_memory_mb`` is the peak while the timed calls run, including everything resident
+(weights of every model the process holds: two when a comparison changes the config);
+``peak_memory_increase_mb`` is the calls' own working memory above what was in use before them.
+On the CPU it is the resident set size sampled every 5 ms (after returning freed heap to the OS).
+
+Output: tables on stdout; with ``--output`` a JSON file with ``environment`` (CPU, threads, torch,
+load average before) and ``environment_after`` (load average after, process peak RSS), ``settings``,
+``images``, ``results`` (one ``{setting, task, variant, metrics}`` per measurement; ``variant`` is the
+op implementation when the setting does not name one) and ``comparisons`` (``ratios_B_over_A``,
+``output_difference``).
 
 Examples:
   python tools/benchmark.py --config-file configs/coco/panoptic/R50.yaml --task params flops \\
@@ -93,7 +106,9 @@ AMP_PRECISION = {"fp16": "float16", "bf16": "bfloat16"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", metavar="FILE", help="model config (required except for --task op)")
     parser.add_argument("--task", nargs="+", required=True, choices=TASKS)
     parser.add_argument("--component", default="msdeformattn", choices=["msdeformattn"],
@@ -240,15 +255,17 @@ def row(setting: Setting, task: str, variant: str = "", **metrics) -> Dict[str, 
     return {"setting": setting.label, "task": task, "variant": variant, "metrics": metrics}
 
 
-def memory_metrics(memories: Sequence[PeakMemory], prefix: str = "") -> Dict[str, Any]:
+def memory_metrics(memories: Sequence[PeakMemory]) -> Dict[str, Any]:
+    """Worst peak and worst working memory over the timed calls."""
     return {
-        f"{prefix}peak_memory_mb": max(m.peak_mb for m in memories),
-        f"{prefix}peak_memory_increase_mb": max(m.increase_mb for m in memories),
+        "peak_memory_mb": max(m.peak_mb for m in memories),
+        "peak_memory_increase_mb": max(m.increase_mb for m in memories),
         "memory_kind": memories[0].kind,
     }
 
 
 def model_impl(args, setting: Setting) -> str:
+    """The deformable attention implementation the model runs under ``setting``."""
     with activate(setting):
         return resolve_impl(None, setting_device(args, setting), args.impls)
 
@@ -256,7 +273,8 @@ def model_impl(args, setting: Setting) -> str:
 # ----------------------------------------------------------------------------- tasks
 
 
-def run_params(args, settings: Sequence[Setting], images) -> List[Dict]:
+def run_params(args, settings: Sequence[Setting], images) -> Tuple[List[Dict], Dict]:
+    """Parameter count of each setting's model (every parameter, and the trainable ones)."""
     rows = []
     for setting in settings:
         cfg = build_cfg(args, setting, "params")
@@ -265,10 +283,11 @@ def run_params(args, settings: Sequence[Setting], images) -> List[Dict]:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         rows.append(row(setting, "params", params=params, params_m=params / 1e6, trainable_params=trainable))
         del model
-    return rows
+    return rows, {}
 
 
-def run_flops(args, settings: Sequence[Setting], images) -> List[Dict]:
+def run_flops(args, settings: Sequence[Setting], images) -> Tuple[List[Dict], Dict]:
+    """GFLOPs per image (mean and std over ``images``), per operator, and the ops not counted."""
     rows = []
     for setting in settings:
         cfg = build_cfg(args, setting, "flops")
@@ -299,7 +318,7 @@ def run_flops(args, settings: Sequence[Setting], images) -> List[Dict]:
             msdeformattn_impl=model_impl(args, setting),
         ))
         del model
-    return rows
+    return rows, {}
 
 
 class HeadOutputs:
@@ -322,6 +341,13 @@ class HeadOutputs:
             self.handle.remove()
 
 
+def _max_abs_diff(name: str, a: torch.Tensor, b: torch.Tensor) -> Dict[str, float]:
+    """``{name}_max_abs_diff``: max |a - b|; ``{name}_rel_diff``: that over max |a|."""
+    diff = float((a - b).abs().max())
+    scale = float(a.abs().max())
+    return {f"{name}_max_abs_diff": diff, f"{name}_rel_diff": diff / scale if scale else diff}
+
+
 def _category_map(panoptic) -> torch.Tensor:
     ids, segments = panoptic
     categories = torch.full_like(ids, -1)
@@ -332,13 +358,13 @@ def _category_map(panoptic) -> torch.Tensor:
 
 def output_difference(a: Tuple[Dict, Dict], b: Tuple[Dict, Dict]) -> Dict[str, float]:
     """Differences between two settings' outputs on one image: max abs difference of the raw head
-    outputs and of the semantic probabilities, and the fraction of pixels whose semantic argmax /
-    panoptic category agree."""
+    outputs (also relative: divided by the largest magnitude in A's) and of the semantic
+    probabilities, and the fraction of pixels whose semantic argmax / panoptic category agree."""
     (raw_a, out_a), (raw_b, out_b) = a, b
     diff: Dict[str, float] = {}
-    for key in raw_a.keys() & raw_b.keys():
+    for key in sorted(raw_a.keys() & raw_b.keys()):
         if raw_a[key].shape == raw_b[key].shape:
-            diff[f"{key}_max_abs_diff"] = float((raw_a[key] - raw_b[key]).abs().max())
+            diff.update(_max_abs_diff(key, raw_a[key], raw_b[key]))
     if "sem_seg" in out_a and "sem_seg" in out_b and out_a["sem_seg"].shape == out_b["sem_seg"].shape:
         sem_a, sem_b = out_a["sem_seg"].float(), out_b["sem_seg"].float()
         diff["sem_seg_max_abs_diff"] = float((sem_a - sem_b).abs().max())
@@ -363,6 +389,8 @@ def aggregate_differences(per_image: Sequence[Dict[str, float]]) -> Dict[str, fl
 
 
 def run_inference(args, settings: Sequence[Setting], images) -> Tuple[List[Dict], Dict[str, Any]]:
+    """Predictor frames/s and peak memory, settings alternating image by image; with two settings
+    also the worst output difference over the images. Settings with the same config share a model."""
     predictors: Dict[str, Predictor] = {}
     chosen = {}
     for setting in settings:
@@ -429,6 +457,7 @@ def synthetic_batch(batch_size: int, size: int, num_classes: int, gen: torch.Gen
 
 
 def training_batches(args, cfg, count: int) -> List[List[Dict]]:
+    """``count`` batches of ``SOLVER.IMS_PER_BATCH`` mapped training samples (or synthetic ones)."""
     if args.synthetic:
         gen = torch.Generator().manual_seed(args.seed)
         size = crop_size(cfg)
@@ -442,7 +471,9 @@ def training_batches(args, cfg, count: int) -> List[List[Dict]]:
     return [next(loader) for _ in range(count)]
 
 
-def run_train(args, settings: Sequence[Setting], images) -> List[Dict]:
+def run_train(args, settings: Sequence[Setting], images) -> Tuple[List[Dict], Dict]:
+    """Seconds per ``Trainer.run_step`` and peak memory, settings alternating step by step on the
+    same pre-loaded batches. Settings with the same config share a trainer (and its weights)."""
     trainers: Dict[str, Trainer] = {}
     batches: Dict[str, List[List[Dict]]] = {}
     chosen = {}
@@ -492,16 +523,17 @@ def run_train(args, settings: Sequence[Setting], images) -> List[Dict]:
             first_timed_loss=losses[setting.label], msdeformattn_impl=model_impl(args, setting),
             **memory_metrics(memories[setting.label]),
         ))
-    return rows
+    return rows, {}
 
 
-def op_problem(args) -> Dict[str, Any]:
+def op_problem(args, setting: Setting) -> Dict[str, Any]:
     """Problem size of the op: the config's encoder (dims, heads, points, levels) or R50's."""
     dims, heads, points, strides = 256, 8, 4, [8, 16, 32]
     if args.config_file:
-        cfg = build_cfg(args, Setting(label="", spec=""), "op")
-        head = cfg.MODEL.SEM_SEG_HEAD
-        dims, heads, points = head.CONVS_DIM, head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS, head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS
+        head = build_cfg(args, setting, "op").MODEL.SEM_SEG_HEAD
+        dims = head.CONVS_DIM
+        heads = head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS
+        points = head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS
         strides = [STRIDES[f] for f in head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES]
     height, width = args.input_size
     return {"level_shapes": level_shapes(height, width, strides), "heads": heads,
@@ -509,7 +541,9 @@ def op_problem(args) -> Dict[str, Any]:
             "input_size": [height, width]}
 
 
-def _timed_loop(fn, device: torch.device, warmup: int, iters: int) -> Tuple[Dict[str, float], PeakMemory, Any]:
+def _timed_loop(fn, device: torch.device, warmup: int, iters: int) -> Tuple[Dict, PeakMemory, Any]:
+    """``warmup`` untimed calls, then ``iters`` timed ones: (millisecond statistics, peak memory of
+    the timed calls, the last result)."""
     for _ in range(warmup):
         fn()
     times, result = [], None
@@ -521,9 +555,11 @@ def _timed_loop(fn, device: torch.device, warmup: int, iters: int) -> Tuple[Dict
 
 
 def run_op(args, settings: Sequence[Setting], images) -> Tuple[List[Dict], Dict[str, Any]]:
-    problem = op_problem(args)
+    """``ms_deform_attn`` forward and forward+backward times and working memory per setting and
+    implementation; unavailable implementations or dtypes are reported as skipped."""
     rows, results = [], {}
     for setting in settings:
+        problem = op_problem(args, setting)
         device, dtype = setting_device(args, setting), setting_dtype(args, setting)
         value, shapes, starts, locations, weights = msdeformattn_inputs(
             problem["level_shapes"], problem["heads"], problem["channels"], problem["points"],
@@ -535,24 +571,27 @@ def run_op(args, settings: Sequence[Setting], images) -> Tuple[List[Dict], Dict[
         leaves = [t.detach().clone().requires_grad_() for t in (value, locations, weights)]
         for impl in [setting.impl] if setting.impl else args.impls:
             variant = "" if setting.impl else impl
+
+            def forward(impl=impl):
+                with torch.no_grad():
+                    return ms_deform_attn(value, shapes, starts, locations, weights, impl=impl)
+
+            def forward_backward(impl=impl):
+                output = ms_deform_attn(leaves[0], shapes, starts, leaves[1], leaves[2], impl=impl)
+                return (output.detach(),) + torch.autograd.grad(output, leaves, grad_output)
+
             with activate(setting):
                 try:
                     resolved = resolve_impl(impl, device, args.impls)
-                except ValueError as exc:
+                    fwd, fwd_memory, _ = _timed_loop(forward, device, args.warmup, args.iters)
+                    fwd_bwd, fwd_bwd_memory, tensors = _timed_loop(
+                        forward_backward, device, args.warmup, args.iters
+                    )
+                except (ValueError, RuntimeError) as exc:
+                    # unknown / unsuitable implementation, or a dtype it does not support
                     logger.warning("[%s] skipping ms_deform_attn impl %r: %s", setting.label, impl, exc)
                     rows.append(row(setting, "op", variant, impl=impl, skipped=str(exc)))
                     continue
-
-                def forward():
-                    with torch.no_grad():
-                        return ms_deform_attn(value, shapes, starts, locations, weights, impl=impl)
-
-                def forward_backward():
-                    output = ms_deform_attn(leaves[0], shapes, starts, leaves[1], leaves[2], impl=impl)
-                    return (output.detach(),) + torch.autograd.grad(output, leaves, grad_output)
-
-                fwd, fwd_memory, _ = _timed_loop(forward, device, args.warmup, args.iters)
-                fwd_bwd, fwd_bwd_memory, tensors = _timed_loop(forward_backward, device, args.warmup, args.iters)
             results[(setting.label, variant, resolved)] = [t.float().cpu() for t in tensors]
             logger.info("[%s] op %s: forward %.1f ms, forward+backward %.1f ms",
                         setting.label, resolved, fwd["mean"], fwd_bwd["mean"])
@@ -572,12 +611,16 @@ def run_op(args, settings: Sequence[Setting], images) -> Tuple[List[Dict], Dict[
 
 def _max_abs_diffs(a: List[torch.Tensor], b: List[torch.Tensor]) -> Dict[str, float]:
     names = ("output", "grad_value", "grad_sampling_locations", "grad_attention_weights")
-    return {name: float((x - y).abs().max()) for name, x, y in zip(names, a, b)}
+    return {k: v for name, x, y in zip(names, b, a) for k, v in _max_abs_diff(name, x, y).items()}
+
+
+def _same_shapes(a: List[torch.Tensor], b: List[torch.Tensor]) -> bool:
+    return [t.shape for t in a] == [t.shape for t in b]
 
 
 def _add_op_differences(rows: List[Dict], results: Dict, compare: bool) -> None:
-    """Per measured row: max abs differences of output and gradients against the PyTorch
-    implementation of the same setting, and with --compare against setting A's matching row."""
+    """Per measured row: max abs (and relative) differences of output and gradients against the
+    PyTorch implementation of the same setting, and with --compare against setting A's matching row."""
     for r in rows:
         m = r["metrics"]
         if "skipped" in m:
@@ -585,16 +628,18 @@ def _add_op_differences(rows: List[Dict], results: Dict, compare: bool) -> None:
         mine = results[(r["setting"], r["variant"], m["impl"])]
         reference = next((v for (label, _, impl), v in results.items()
                           if label == r["setting"] and impl == "pytorch"), None)
-        if reference is not None and m["impl"] != "pytorch":
-            m["max_abs_diff_vs_pytorch"] = _max_abs_diffs(mine, reference)
+        if reference is not None and m["impl"] != "pytorch" and _same_shapes(mine, reference):
+            m["difference_vs_pytorch"] = _max_abs_diffs(mine, reference)
         if compare and r["setting"] != "A":
             other = next((v for (label, variant, _), v in results.items()
                           if label == "A" and variant == r["variant"]), None)
-            if other is not None:
-                m["max_abs_diff_vs_A"] = _max_abs_diffs(mine, other)
+            if other is not None and _same_shapes(mine, other):
+                m["difference_vs_A"] = _max_abs_diffs(mine, other)
 
 
-RUNNERS = {"params": run_params, "flops": run_flops, "inference": run_inference, "train": run_train, "op": run_op}
+RUNNERS = {
+    "params": run_params, "flops": run_flops, "inference": run_inference, "train": run_train, "op": run_op,
+}
 
 
 # ----------------------------------------------------------------------------- report
@@ -604,7 +649,8 @@ def comparisons(rows: List[Dict], differences: Dict[str, Any]) -> List[Dict]:
     """B/A ratios of the key metrics for the rows of the same task and variant."""
     out = []
     for b in (r for r in rows if r["setting"] == "B"):
-        a = next((r for r in rows if r["setting"] == "A" and (r["task"], r["variant"]) == (b["task"], b["variant"])), None)
+        a = next((r for r in rows if r["setting"] == "A" and r["task"] == b["task"]
+                  and r["variant"] == b["variant"]), None)
         if a is None or "skipped" in a["metrics"] or "skipped" in b["metrics"]:
             continue
         ratios = {
@@ -615,8 +661,8 @@ def comparisons(rows: List[Dict], differences: Dict[str, Any]) -> List[Dict]:
         entry = {"task": b["task"], "variant": b["variant"], "ratios_B_over_A": ratios}
         if b["task"] in differences:
             entry["output_difference"] = differences[b["task"]]
-        if "max_abs_diff_vs_A" in b["metrics"]:
-            entry["output_difference"] = b["metrics"]["max_abs_diff_vs_A"]
+        if "difference_vs_A" in b["metrics"]:
+            entry["output_difference"] = b["metrics"]["difference_vs_A"]
         out.append(entry)
     return out
 
@@ -628,9 +674,10 @@ def _fmt(value: Any) -> str:
 
 
 def print_report(env: Dict, settings: Sequence[Setting], rows: List[Dict], compared: List[Dict]) -> None:
+    gpu = f" ({env['gpu']})" if "gpu" in env else ""
     print(f"{env['cpu']} ({env['cpu_count']} CPUs), torch {env['torch']}, {env['torch_threads']} threads, "
-          f"device {env['device']}{', ' + env['gpu'] if 'gpu' in env else ''}, "
-          f"load average {env.get('load_average_1_5_15')}, compiled op built: {env['compiled_extension']}")
+          f"device {env['device']}{gpu}, load average {env.get('load_average_1_5_15')}, "
+          f"compiled op built: {env['compiled_extension']}")
     for s in settings:
         print(f"setting {s.label}: {s.spec or 'default'}")
     for task in TASKS:
@@ -639,16 +686,19 @@ def print_report(env: Dict, settings: Sequence[Setting], rows: List[Dict], compa
             continue
         columns = ["msdeformattn_impl", "impl", "dtype", *KEY_METRICS[task], "skipped"]
         columns = [c for c in columns if any(c in r["metrics"] for r in task_rows)]
-        table = [[r["setting"], r["variant"], *(_fmt(r["metrics"].get(c, "")) for c in columns)] for r in task_rows]
+        table = [[r["setting"], r["variant"], *(_fmt(r["metrics"].get(c, "")) for c in columns)]
+                 for r in task_rows]
         print(f"\n{task}")
         print(tabulate(table, headers=["setting", "variant", *columns], tablefmt="github"))
     if compared:
-        table = [[c["task"], c["variant"], key, _fmt(value)] for c in compared for key, value in c["ratios_B_over_A"].items()]
+        table = [[c["task"], c["variant"], key, _fmt(value)]
+                 for c in compared for key, value in c["ratios_B_over_A"].items()]
         print("\nB / A")
         print(tabulate(table, headers=["task", "variant", "metric", "B/A"], tablefmt="github"))
-        diffs = [[c["task"], c["variant"], k, _fmt(v)] for c in compared for k, v in c.get("output_difference", {}).items()]
+        diffs = [[c["task"], c["variant"], key, _fmt(value)]
+                 for c in compared for key, value in c.get("output_difference", {}).items()]
         if diffs:
-            print("\noutput difference B vs A (max abs diff: worst over images; agreement: worst image)")
+            print("\noutput difference B vs A (max abs differences and pixel agreements, worst image)")
             print(tabulate(diffs, headers=["task", "variant", "quantity", "value"], tablefmt="github"))
 
 
@@ -668,17 +718,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         logger.info("%d images, e.g. %s", len(images), images[0][0])
     rows, differences = [], {}
     for task in args.task:
-        result = RUNNERS[task](args, settings, images)
-        if isinstance(result, tuple):
-            result, diff = result
-            differences.update(diff)
-        rows += result
+        task_rows, task_differences = RUNNERS[task](args, settings, images)
+        rows += task_rows
+        differences.update(task_differences)
     compared = comparisons(rows, differences) if args.compare else []
-    env_after = {"load_average_1_5_15": [round(x, 2) for x in os.getloadavg()]} if hasattr(os, "getloadavg") else {}
-    env_after["process_peak_rss_mb"] = process_peak_rss_mb()
+    env_after: Dict[str, Any] = {"process_peak_rss_mb": process_peak_rss_mb()}
+    if hasattr(os, "getloadavg"):
+        env_after["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
     report = {
         "environment": env, "environment_after": env_after, "command": sys.argv,
-        "args": {k: v for k, v in vars(args).items()},
+        "args": vars(args),
         "settings": [s.as_dict() for s in settings], "images": [p for p, _ in images],
         "results": rows, "comparisons": compared,
     }

@@ -47,6 +47,10 @@ def _maskformer2_defaults() -> CN:
     _C.SOLVER.OPTIMIZER = "ADAMW"
     # Learning-rate multiplier of the backbone's parameters.
     _C.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    # Mixed-precision dtype, "float16" or "bfloat16" (also in get_cfg(); added here so that a config
+    # dumped by this package loads into Detectron2's config too).
+    _C.SOLVER.AMP = CN()
+    _C.SOLVER.AMP.PRECISION = "float16"
 
     _C.MODEL = CN()
     # -------------------------------------------------------------------------------------------

@@ -144,7 +144,9 @@ def parse_setting(spec: str, label: str) -> Setting:
         raise ValueError(f"Setting {spec!r}: dtype must be one of {list(DTYPES)}, got {values['dtype']!r}")
     if "threads" in values:
         if not values["threads"].isdigit() or int(values["threads"]) < 1:
-            raise ValueError(f"Setting {spec!r}: threads must be a positive integer, got {values['threads']!r}")
+            raise ValueError(
+                f"Setting {spec!r}: threads must be a positive integer, got {values['threads']!r}"
+            )
         values["threads"] = int(values["threads"])
     return Setting(label=label, spec=spec, overrides=tuple(overrides), **values)
 
@@ -258,7 +260,7 @@ class PeakMemory:
         increase_mb: ``peak_mb - start_mb``, the block's own working memory.
     """
 
-    def __init__(self, device: torch.device, interval_s: float = 0.002):
+    def __init__(self, device: torch.device, interval_s: float = 0.005):
         self.device = device
         self.interval_s = interval_s
         self.kind = ""

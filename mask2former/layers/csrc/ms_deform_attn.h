@@ -14,6 +14,8 @@
 
 #include <ATen/ATen.h>
 
+#include <sstream>
+
 namespace mask2former {
 
 // Problem sizes, passed by value to the CUDA kernels.
@@ -30,6 +32,36 @@ struct MSDeformAttnSizes {
 inline MSDeformAttnSizes get_sizes(const at::Tensor& value, const at::Tensor& sampling_locations) {
   return MSDeformAttnSizes{value.size(0), value.size(1), value.size(2), value.size(3),
                            sampling_locations.size(1), sampling_locations.size(3), sampling_locations.size(4)};
+}
+
+// Raises ValueError unless the CPU tensors spatial_shapes [L, 2] and level_start_index [L] (int64)
+// describe positive levels that tile S positions in order. Messages follow
+// mask2former.layers.ms_deform_attn.ms_deform_attn_pytorch.
+inline void check_level_layout(int64_t spatial, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index) {
+  const auto shapes = spatial_shapes.contiguous();
+  const auto starts = level_start_index.contiguous();
+  const int64_t* hw = shapes.const_data_ptr<int64_t>();
+  const int64_t* given = starts.const_data_ptr<int64_t>();
+  const int64_t levels = shapes.size(0);
+  std::ostringstream shapes_str, expected_str, given_str;
+  bool positive = true, starts_match = true;
+  int64_t total = 0;
+  for (int64_t l = 0; l < levels; ++l) {
+    const char* sep = l == 0 ? "" : ", ";
+    shapes_str << sep << "(" << hw[2 * l] << ", " << hw[2 * l + 1] << ")";
+    expected_str << sep << total;
+    given_str << sep << given[l];
+    positive = positive && hw[2 * l] > 0 && hw[2 * l + 1] > 0;
+    starts_match = starts_match && given[l] == total;
+    total += hw[2 * l] * hw[2 * l + 1];
+  }
+  TORCH_CHECK_VALUE(positive, "spatial_shapes must be positive (H, W) pairs, got [", shapes_str.str(), "]");
+  TORCH_CHECK_VALUE(
+      total == spatial, "value has S=", spatial, " positions but spatial_shapes [", shapes_str.str(),
+      "] sum to ", total);
+  TORCH_CHECK_VALUE(
+      starts_match, "level_start_index must be [", expected_str.str(), "] for spatial_shapes [",
+      shapes_str.str(), "]: [", given_str.str(), "]");
 }
 
 // Raises ValueError (c10::ValueError) unless the arguments have the shapes, dtypes and devices
@@ -72,22 +104,7 @@ inline void check_ms_deform_attn_args(
       sampling_locations.device() == value.device() && attention_weights.device() == value.device(),
       "sampling_locations and attention_weights must be on value's device ", value.device());
   if (spatial_shapes.device().is_cpu() && level_start_index.device().is_cpu()) {
-    const auto shapes = spatial_shapes.contiguous();
-    const auto starts = level_start_index.contiguous();
-    const int64_t* hw = shapes.data_ptr<int64_t>();
-    const int64_t* start = starts.data_ptr<int64_t>();
-    int64_t total = 0;
-    for (int64_t l = 0; l < levels; ++l) {
-      TORCH_CHECK_VALUE(
-          hw[2 * l] > 0 && hw[2 * l + 1] > 0, "spatial_shapes must be positive, level ", l,
-          " is (", hw[2 * l], ", ", hw[2 * l + 1], ")");
-      TORCH_CHECK_VALUE(
-          start[l] == total, "level_start_index[", l, "] must be ", total, ", got ", start[l]);
-      total += hw[2 * l] * hw[2 * l + 1];
-    }
-    TORCH_CHECK_VALUE(
-        total == value.size(1), "value has S=", value.size(1), " positions but spatial_shapes sum to ",
-        total);
+    check_level_layout(value.size(1), spatial_shapes, level_start_index);
   }
 }
 

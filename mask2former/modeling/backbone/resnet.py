@@ -10,7 +10,9 @@ that name is free (with Detectron2 installed its own builders win; both build th
   ``RES5_MULTI_GRID`` (the configs mark them "not used").
 * ``build_resnet_deeplab_backbone``: the DeepLab variant of Detectron2's DeepLab project
   (Chen et al., "Rethinking Atrous Convolution", 2017): 3-conv stem when ``STEM_TYPE == "deeplab"``,
-  ``RES4_DILATION``, and per-block res5 dilations ``RES5_DILATION * RES5_MULTI_GRID``.
+  ``RES4_DILATION``, and per-block res5 dilations ``RES5_DILATION * RES5_MULTI_GRID``. With
+  Detectron2 installed, ``detectron2.projects.deeplab`` (when importable) is imported first so
+  that its builder is the registered one.
 """
 from typing import Dict, List, Optional, Sequence
 
@@ -19,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...layers import Conv2d, FrozenBatchNorm2d, ShapeSpec, c2_msra_fill, get_norm
-from ...utils.registry import BACKBONE_REGISTRY, register_once
+from ...utils.registry import BACKBONE_REGISTRY, DETECTRON2_AVAILABLE, register_once
 from .backbone import Backbone
 
 __all__ = [
@@ -379,6 +381,16 @@ def build_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
     return _resnet_from_cfg(
         cfg, input_shape, "basic", res5_dilation=cfg.MODEL.RESNETS.RES5_DILATION
     )
+
+
+if DETECTRON2_AVAILABLE:
+    # Detectron2's DeepLab project registers its own ``build_resnet_deeplab_backbone`` when imported
+    # and fails if the name is already taken: import it first, so that its builder (same parameter
+    # names) is the registered one and importing it later (e.g. for ``add_deeplab_config``) works.
+    try:
+        import detectron2.projects.deeplab  # noqa: F401
+    except ImportError:
+        pass
 
 
 @register_once(BACKBONE_REGISTRY)
