@@ -1,4 +1,5 @@
-"""Install the ``mask2former`` package: ``pip install -e .`` (add ``[dev]`` for the test tools)."""
+"""Install the ``mask2former`` package: ``pip install --no-build-isolation -e ".[dev]"``
+(``--no-build-isolation`` builds the compiled ops against the installed torch)."""
 import os
 import subprocess
 from pathlib import Path
@@ -85,6 +86,7 @@ setup(
         "tqdm",
         "tabulate",
         "termcolor",
+        "tensorboard",
     ],
     ext_modules=EXT_MODULES,
     cmdclass=CMDCLASS,

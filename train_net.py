@@ -3,6 +3,7 @@
 
     python train_net.py --config-file configs/coco/panoptic/R50.yaml --num-gpus 8
     python train_net.py --config-file configs/coco/panoptic/R50.yaml --eval-only MODEL.WEIGHTS model.pkl
+    (with TEST.AUG.ENABLED True, semantic models are also evaluated with flip/multi-scale TTA)
     python train_net.py --config-file ... --resume            # continue from OUTPUT_DIR/last_checkpoint
 
 Several machines: run on each with --num-machines N --machine-rank R --dist-url tcp://HOST:PORT.
@@ -21,6 +22,7 @@ from mask2former.engine.evaluation import evaluate_model
 from mask2former.engine.launch import launch
 from mask2former.engine.trainer import Trainer
 from mask2former.modeling.build import build_model
+from mask2former.modeling.test_time_augmentation import SemanticSegmentorWithTTA
 
 
 def main(args):
@@ -28,7 +30,10 @@ def main(args):
     if args.eval_only:
         model = build_model(cfg)
         Checkpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        return evaluate_model(cfg, model)
+        results = evaluate_model(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            results.update(evaluate_model(cfg, SemanticSegmentorWithTTA(cfg, model), tag="_TTA"))
+        return results
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()

@@ -22,6 +22,8 @@ from mask2former.modeling.backbone import (
     DeepLabStem,
     ResNet,
     build_backbone,
+    build_resnet_backbone,
+    build_resnet_deeplab_backbone,
     make_resnet_stages,
 )
 
@@ -286,19 +288,19 @@ def test_deeplab_stem_and_multi_grid():
 
 
 def test_deeplab_builder_reads_stem_type_and_multi_grid():
+    # This package's builders, called directly (with Detectron2 installed, the registry holds
+    # Detectron2's builders of the same names instead).
     cfg = get_cfg()
-    cfg.MODEL.BACKBONE.NAME = "build_resnet_deeplab_backbone"
     cfg.MODEL.RESNETS.merge_from_list(["STEM_TYPE", "deeplab", "STEM_OUT_CHANNELS", 128,
                                        "RES5_DILATION", 2, "RES5_MULTI_GRID", [1, 2, 4],
                                        "OUT_FEATURES", FEATURES])
     with torch.device("meta"):
-        backbone = build_backbone(cfg)
+        backbone = build_resnet_deeplab_backbone(cfg, ShapeSpec(channels=3))
     assert isinstance(backbone.stem, DeepLabStem)
     assert [b.conv2.dilation[0] for b in backbone.res5] == [2, 4, 8]
     # The standard builder ignores both keys, as Detectron2's does.
-    cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
     with torch.device("meta"):
-        backbone = build_backbone(cfg)
+        backbone = build_resnet_backbone(cfg, ShapeSpec(channels=3))
     assert isinstance(backbone.stem, BasicStem)
     assert [b.conv2.dilation[0] for b in backbone.res5] == [2, 2, 2]
 
@@ -320,7 +322,7 @@ def test_deformable_conv_and_unknown_name_raise():
     cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
     cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False, True, True, True]
     with pytest.raises(NotImplementedError, match="DEFORM_ON_PER_STAGE"):
-        build_backbone(cfg)
+        build_resnet_backbone(cfg, ShapeSpec(channels=3))  # this package's (not Detectron2's)
     cfg.MODEL.BACKBONE.NAME = "NoSuchBackbone"
     with pytest.raises(KeyError, match="MODEL.BACKBONE.NAME='NoSuchBackbone'"):
         build_backbone(cfg)

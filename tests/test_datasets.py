@@ -147,8 +147,9 @@ def test_registration_reads_the_root_from_env(tmp_path):
     code = (
         "from mask2former.data.datasets import *\n"
         "from mask2former.data.catalog import DatasetCatalog, MetadataCatalog\n"
-        "print(MetadataCatalog.get('coco_2017_val').image_root)\n"
-        "try:\n    DatasetCatalog.get('coco_2017_val')\n"
+        # a name only this package registers (Detectron2, when installed, registers coco_2017_val)
+        "print(MetadataCatalog.get('coco_2017_val_panoptic_with_sem_seg').image_root)\n"
+        "try:\n    DatasetCatalog.get('coco_2017_val_panoptic_with_sem_seg')\n"
         "except FileNotFoundError as e:\n    print('ERR', e)\n"
     )
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "nowhere"))

@@ -1,5 +1,4 @@
 """Multi-scale deformable attention: the sampling op, its dispatch, and the MSDeformAttn module."""
-import importlib
 import math
 
 import pytest
@@ -11,9 +10,7 @@ from mask2former.layers import (
     ms_deform_attn_pytorch,
     register_ms_deform_attn_impl,
 )
-
-# the package re-exports the function under the module's name
-msda_module = importlib.import_module("mask2former.layers.ms_deform_attn")
+from mask2former.layers import ms_deform_attn_op as msda_module
 
 
 def _naive_ms_deform_attn(value, spatial_shapes, sampling_locations, attention_weights):

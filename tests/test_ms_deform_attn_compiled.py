@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mask2former.layers import ms_deform_attn_compiled as compiled
-from mask2former.layers.ms_deform_attn import ms_deform_attn, ms_deform_attn_pytorch
+from mask2former.layers.ms_deform_attn_op import ms_deform_attn, ms_deform_attn_pytorch
 
 msda_compiled = compiled.ms_deform_attn_compiled
 

@@ -35,8 +35,11 @@ def test_instances_fields_and_indexing():
     picked = inst[torch.tensor([2, 0])]
     assert picked.scores.tolist() == pytest.approx([0.1, 0.9])
 
-    moved = inst.to(torch.float64)
-    assert moved.scores.dtype == torch.float64 and moved.labels.tolist() == [7, 8, 9]
+    if not Instances.__module__.startswith("detectron2."):  # Detectron2's Boxes.to takes a device only
+        moved = inst.to(torch.float64)
+        assert moved.scores.dtype == torch.float64 and moved.labels.tolist() == [7, 8, 9]
+    moved = inst.to("cpu")
+    assert moved.scores.tolist() == inst.scores.tolist() and len(moved.pred_boxes) == 3
 
     both = Instances.cat([inst, inst[:1]])
     assert len(both) == 4 and both.labels.tolist() == [7, 8, 9, 7] and len(both.pred_boxes) == 4

@@ -7,6 +7,7 @@
 # the binary holds. The repository's in-place build is not touched.
 #
 # Usage: tools/check_cuda_build.sh [VENV_DIR]        (default VENV_DIR: ../venv-cuda beside the repo)
+# Exit status: 0 compiled and loads; 3 the CUDA build of torch could not be installed; other: failure.
 # Environment (defaults):
 #   TORCH_VERSION         torch version to install (2.13.0; its PyPI wheel is built with CUDA 13.0)
 #   CUDA_HOME             CUDA toolkit root (asked from the nvcc on PATH, which may be a wrapper)
@@ -42,7 +43,8 @@ if ! "$VENV/bin/python" -c "import torch, sys; sys.exit(torch.version.cuda is No
   log "installing the CUDA build of torch==$TORCH_VERSION from PyPI"
   # pip config files are ignored so that local CPU-only wheel folders cannot shadow PyPI's CUDA wheel
   PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= PIP_EXTRA_INDEX_URL= \
-    "$VENV/bin/pip" install --no-cache-dir "torch==$TORCH_VERSION"
+    "$VENV/bin/pip" install --no-cache-dir "torch==$TORCH_VERSION" \
+    || { log "could not install the CUDA build of torch from PyPI: compile check not run"; exit 3; }
 fi
 SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 log "torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda)' 2>/dev/null)"

@@ -76,23 +76,26 @@ def build_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator
     return DatasetEvaluators(evaluators)
 
 
-def evaluate_model(cfg, model: torch.nn.Module) -> Dict[str, Dict[str, float]]:
+def evaluate_model(cfg, model: torch.nn.Module, tag: str = "") -> Dict[str, Dict[str, float]]:
     """Run ``model`` over every dataset of ``cfg.DATASETS.TEST`` and evaluate it.
+
+    Args:
+        tag: appended to the task names and to the output folder (e.g. "_TTA").
 
     Returns:
         ``{task: {metric: value}}`` (metrics in percent) on rank 0; with several test datasets the
         tasks are prefixed by the dataset name. Writes prediction files under
-        ``OUTPUT_DIR/inference/<dataset>``.
+        ``OUTPUT_DIR/inference<tag>/<dataset>``.
     """
     results = OrderedDict()
     for name in cfg.DATASETS.TEST:
-        output_dir = os.path.join(cfg.OUTPUT_DIR, "inference", name)
+        output_dir = os.path.join(cfg.OUTPUT_DIR, "inference" + tag, name)
         if comm.is_main_process():
             os.makedirs(output_dir, exist_ok=True)
         loader = build_test_loader(DatasetCatalog.get(name), TestMapper(cfg), cfg.DATALOADER.NUM_WORKERS)
         dataset_results = inference_on_dataset(model, loader, build_evaluator(cfg, name, output_dir)) or {}
         prefix = f"{name}/" if len(cfg.DATASETS.TEST) > 1 else ""
-        results.update({prefix + task: metrics for task, metrics in dataset_results.items()})
+        results.update({prefix + task + tag: metrics for task, metrics in dataset_results.items()})
     if comm.is_main_process() and results:
         for task, metrics in results.items():
             headline = {k: v for k, v in metrics.items() if "-" not in k}

@@ -131,7 +131,9 @@ class Trainer:
         return values
 
     def train(self) -> Optional[Dict]:
-        """Run iterations ``start_iter .. MAX_ITER - 1`` with periodic checkpoints and evaluation.
+        """Run iterations ``start_iter .. MAX_ITER - 1`` with checkpoints every
+        ``SOLVER.CHECKPOINT_PERIOD`` and evaluation every ``TEST.EVAL_PERIOD`` (0: never) and after
+        the last iteration, as Detectron2's ``DefaultTrainer`` does.
 
         Returns:
             The results of the final evaluation (rank 0), or None when DATASETS.TEST is empty.
@@ -155,7 +157,8 @@ class Trainer:
                 if (self.iter + 1) % cfg.SOLVER.CHECKPOINT_PERIOD == 0 or last:
                     name = "model_final" if last else f"model_{self.iter:07d}"
                     self.checkpointer.save(name, iteration=self.iter, rng=_rng_state())
-                if cfg.TEST.EVAL_PERIOD > 0 and ((self.iter + 1) % cfg.TEST.EVAL_PERIOD == 0 or last):
+                periodic = cfg.TEST.EVAL_PERIOD > 0 and (self.iter + 1) % cfg.TEST.EVAL_PERIOD == 0
+                if (periodic or last) and len(cfg.DATASETS.TEST):
                     results = evaluate_model(cfg, self._unwrapped)
                     if comm.is_main_process() and results:
                         writer.write_results(self.iter, results)

@@ -3,7 +3,7 @@
 Autograd wrapper around the C++/CUDA kernels of the ``mask2former._C`` extension (operators
 ``torch.ops.mask2former.ms_deform_attn_forward`` / ``ms_deform_attn_backward``, sources in
 ``mask2former/layers/csrc``). Importing this module registers it with
-:func:`~mask2former.layers.ms_deform_attn.register_ms_deform_attn_impl` as implementation
+:func:`~mask2former.layers.ms_deform_attn_op.register_ms_deform_attn_impl` as implementation
 ``"compiled"`` for the CPU and, when the extension was built with CUDA, for CUDA, so that
 ``impl="auto"`` prefers it there. It computes what
 :func:`~mask2former.layers.ms_deform_attn.ms_deform_attn_pytorch` computes (bilinear sampling,
@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from .ms_deform_attn import register_ms_deform_attn_impl
+from .ms_deform_attn_op import register_ms_deform_attn_impl
 
 __all__ = ["EXTENSION_AVAILABLE", "IMPL_NAME", "MSDeformAttnFunction", "ms_deform_attn_compiled"]
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .ms_deform_attn import ms_deform_attn
+from .ms_deform_attn_op import ms_deform_attn
 
 
 class MSDeformAttn(nn.Module):

@@ -23,7 +23,7 @@ from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
-from ..layers.ms_deform_attn import IMPL_ENV_VAR, ms_deform_attn
+from ..layers.ms_deform_attn_op import IMPL_ENV_VAR, ms_deform_attn
 
 __all__ = [
     "DTYPES",

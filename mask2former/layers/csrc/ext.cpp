@@ -19,7 +19,8 @@ at::Tensor ms_deform_attn_forward_meta(
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights) {
   check_ms_deform_attn_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-  return at::empty({value.size(0), sampling_locations.size(1), value.size(2) * value.size(3)}, value.options());
+  return at::empty(
+      {value.size(0), sampling_locations.size(1), value.size(2) * value.size(3)}, value.options());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_meta(
@@ -31,8 +32,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_meta(
     const at::Tensor& grad_output) {
   check_ms_deform_attn_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   check_grad_output(value, sampling_locations, grad_output);
-  return {at::empty(value.sizes(), value.options()), at::empty(sampling_locations.sizes(), sampling_locations.options()),
-          at::empty(attention_weights.sizes(), attention_weights.options())};
+  return {
+      at::empty(value.sizes(), value.options()),
+      at::empty(sampling_locations.sizes(), sampling_locations.options()),
+      at::empty(attention_weights.sizes(), attention_weights.options())};
 }
 
 }  // namespace

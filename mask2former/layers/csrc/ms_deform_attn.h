@@ -30,14 +30,16 @@ struct MSDeformAttnSizes {
 };
 
 inline MSDeformAttnSizes get_sizes(const at::Tensor& value, const at::Tensor& sampling_locations) {
-  return MSDeformAttnSizes{value.size(0), value.size(1), value.size(2), value.size(3),
-                           sampling_locations.size(1), sampling_locations.size(3), sampling_locations.size(4)};
+  return MSDeformAttnSizes{
+      value.size(0), value.size(1), value.size(2), value.size(3),
+      sampling_locations.size(1), sampling_locations.size(3), sampling_locations.size(4)};
 }
 
 // Raises ValueError unless the CPU tensors spatial_shapes [L, 2] and level_start_index [L] (int64)
 // describe positive levels that tile S positions in order. Messages follow
 // mask2former.layers.ms_deform_attn.ms_deform_attn_pytorch.
-inline void check_level_layout(int64_t spatial, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index) {
+inline void check_level_layout(
+    int64_t spatial, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index) {
   const auto shapes = spatial_shapes.contiguous();
   const auto starts = level_start_index.contiguous();
   const int64_t* hw = shapes.const_data_ptr<int64_t>();

@@ -85,7 +85,11 @@ void forward_kernel(
 // dot[k] = sum_d g[d] * v[k][d] for the four corners, with kDotLanes independent partial sums
 // per corner so that the compiler can vectorise the loop.
 template <typename scalar_t>
-void dot4(const at::opmath_type<scalar_t>* g, const scalar_t* const* v, int64_t channels, at::opmath_type<scalar_t>* dot) {
+void dot4(
+    const at::opmath_type<scalar_t>* g,
+    const scalar_t* const* v,
+    int64_t channels,
+    at::opmath_type<scalar_t>* dot) {
   using acc_t = at::opmath_type<scalar_t>;
   acc_t partial[4][kDotLanes] = {};
   int64_t d = 0;
@@ -167,12 +171,14 @@ void backward_kernel(
             // (x = loc_x * W - 0.5), and likewise along y
             acc_t dot[4];
             dot4<scalar_t>(grad_out.data(), v, channels, dot);
-            const acc_t grad_a = c.weight[0] * dot[0] + c.weight[1] * dot[1] + c.weight[2] * dot[2] + c.weight[3] * dot[3];
+            const acc_t grad_a =
+                c.weight[0] * dot[0] + c.weight[1] * dot[1] + c.weight[2] * dot[2] + c.weight[3] * dot[3];
             const acc_t grad_x = (1 - c.fy) * (dot[1] - dot[0]) + c.fy * (dot[3] - dot[2]);
             const acc_t grad_y = (1 - c.fx) * (dot[2] - dot[0]) + c.fx * (dot[3] - dot[1]);
-            grad_weights[nqm * level_points + lp] = static_cast<scalar_t>(grad_a);
-            grad_locations[(nqm * level_points + lp) * 2] = static_cast<scalar_t>(a * grad_x * static_cast<acc_t>(width));
-            grad_locations[(nqm * level_points + lp) * 2 + 1] = static_cast<scalar_t>(a * grad_y * static_cast<acc_t>(height));
+            const int64_t point = nqm * level_points + lp;
+            grad_weights[point] = static_cast<scalar_t>(grad_a);
+            grad_locations[2 * point] = static_cast<scalar_t>(a * grad_x * static_cast<acc_t>(width));
+            grad_locations[2 * point + 1] = static_cast<scalar_t>(a * grad_y * static_cast<acc_t>(height));
             for (int k = 0; k < 4; ++k) {
               if (c.pixel[k] < 0) {
                 continue;
@@ -190,7 +196,8 @@ void backward_kernel(
   });
 }
 
-void check_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index) {
+void check_cpu(
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index) {
   TORCH_CHECK_VALUE(
       value.device().is_cpu() && spatial_shapes.device().is_cpu() && level_start_index.device().is_cpu(),
       "ms_deform_attn CPU kernel: value, spatial_shapes and level_start_index must be on the CPU");
@@ -214,7 +221,8 @@ at::Tensor ms_deform_attn_forward_cpu(
   const auto starts_c = level_start_index.contiguous();
   const auto locations_c = sampling_locations.contiguous();
   const auto weights_c = attention_weights.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
+  const auto dtype = value.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "ms_deform_attn_forward_cpu", [&] {
     forward_kernel<scalar_t>(
         sz, value_c.const_data_ptr<scalar_t>(), shapes_c.const_data_ptr<int64_t>(),
         starts_c.const_data_ptr<int64_t>(), locations_c.const_data_ptr<scalar_t>(),
@@ -234,6 +242,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   check_ms_deform_attn_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   check_grad_output(value, sampling_locations, grad_output);
   const MSDeformAttnSizes sz = get_sizes(value, sampling_locations);
+  const auto dtype = value.scalar_type();
   auto grad_locations = at::zeros(sampling_locations.sizes(), sampling_locations.options());
   auto grad_weights = at::zeros(attention_weights.sizes(), attention_weights.options());
   if (sz.batch * sz.heads * sz.queries == 0) {
@@ -244,14 +253,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   const int64_t chunks = std::max<int64_t>(1, std::min(wanted_chunks, sz.queries / kMinQueriesPerChunk));
   auto grad_value_acc = at::zeros(
       {sz.batch, chunks, sz.spatial, sz.heads, sz.channels},
-      value.options().dtype(at::toOpMathType(value.scalar_type())));
+      value.options().dtype(at::toOpMathType(dtype)));
   const auto value_c = value.contiguous();
   const auto shapes_c = spatial_shapes.contiguous();
   const auto starts_c = level_start_index.contiguous();
   const auto locations_c = sampling_locations.contiguous();
   const auto weights_c = attention_weights.contiguous();
   const auto grad_output_c = grad_output.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "ms_deform_attn_backward_cpu", [&] {
     backward_kernel<scalar_t>(
         sz, chunks, value_c.const_data_ptr<scalar_t>(), shapes_c.const_data_ptr<int64_t>(),
         starts_c.const_data_ptr<int64_t>(), locations_c.const_data_ptr<scalar_t>(),
@@ -260,7 +269,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
         grad_locations.mutable_data_ptr<scalar_t>(), grad_weights.mutable_data_ptr<scalar_t>());
   });
   auto grad_value = chunks == 1 ? grad_value_acc.select(1, 0) : grad_value_acc.sum(1);
-  return {grad_value.to(value.scalar_type()), grad_locations, grad_weights};
+  return {grad_value.to(dtype), grad_locations, grad_weights};
 }
 
 }  // namespace

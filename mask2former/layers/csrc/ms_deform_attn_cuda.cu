@@ -163,7 +163,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock) backward_kernel(
 }
 
 void check_cuda(const at::Tensor& value) {
-  TORCH_CHECK_VALUE(value.is_cuda(), "ms_deform_attn CUDA kernel: value must be a CUDA tensor, got ", value.device());
+  TORCH_CHECK_VALUE(
+      value.is_cuda(), "ms_deform_attn CUDA kernel: value must be a CUDA tensor, got ", value.device());
 }
 
 at::Tensor ms_deform_attn_forward_cuda(
@@ -186,7 +187,8 @@ at::Tensor ms_deform_attn_forward_cuda(
   const auto locations_c = sampling_locations.contiguous();
   const auto weights_c = attention_weights.contiguous();
   const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cuda", [&] {
+  const auto dtype = value.scalar_type();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "ms_deform_attn_forward_cuda", [&] {
     forward_kernel<scalar_t><<<num_blocks(output.numel()), kThreadsPerBlock, 0, stream>>>(
         sz, value_c.const_data_ptr<scalar_t>(), shapes_c.const_data_ptr<int64_t>(),
         starts_c.const_data_ptr<int64_t>(), locations_c.const_data_ptr<scalar_t>(),
@@ -208,12 +210,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   check_grad_output(value, sampling_locations, grad_output);
   const c10::cuda::CUDAGuard device_guard(value.device());
   const MSDeformAttnSizes sz = get_sizes(value, sampling_locations);
-  auto grad_value = at::zeros(value.sizes(), value.options().dtype(at::toOpMathType(value.scalar_type())));
+  const auto dtype = value.scalar_type();
+  auto grad_value = at::zeros(value.sizes(), value.options().dtype(at::toOpMathType(dtype)));
   auto grad_locations = at::zeros(sampling_locations.sizes(), sampling_locations.options());
   auto grad_weights = at::zeros(attention_weights.sizes(), attention_weights.options());
   const int64_t groups = sz.batch * sz.queries * sz.heads;
   if (groups == 0) {
-    return {grad_value.to(value.scalar_type()), grad_locations, grad_weights};
+    return {grad_value.to(dtype), grad_locations, grad_weights};
   }
   const auto value_c = value.contiguous();
   const auto shapes_c = spatial_shapes.to(value.device()).contiguous();
@@ -222,7 +225,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   const auto weights_c = attention_weights.contiguous();
   const auto grad_output_c = grad_output.contiguous();
   const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "ms_deform_attn_backward_cuda", [&] {
     backward_kernel<scalar_t><<<num_blocks(groups * kWarpSize), kThreadsPerBlock, 0, stream>>>(
         sz, value_c.const_data_ptr<scalar_t>(), shapes_c.const_data_ptr<int64_t>(),
         starts_c.const_data_ptr<int64_t>(), locations_c.const_data_ptr<scalar_t>(),
@@ -231,7 +234,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
         grad_weights.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {grad_value.to(value.scalar_type()), grad_locations, grad_weights};
+  return {grad_value.to(dtype), grad_locations, grad_weights};
 }
 
 }  // namespace

@@ -191,5 +191,3 @@ def ms_deform_attn(
     fn = _select_impl(impl, value.device.type)
     return fn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
 
-
-from . import ms_deform_attn_compiled  # noqa: E402,F401  (registers "compiled" when mask2former._C is built)
