@@ -825,6 +825,8 @@ def _distributed_worker(rank, world_size, port, out_dir):
             Path(out_dir, "result.json").write_text(json.dumps(result["sem_seg"]))
         else:
             assert result is None
+        # No rank may tear its gloo connections down while the other still uses them.
+        comm.synchronize()
     finally:
         dist.destroy_process_group()
 

@@ -81,7 +81,6 @@ def _worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_ran
     except Exception:
         logger.error("Could not join the process group at %s as rank %d", dist_url, rank)
         raise
-    try:
-        main_func(*args)
-    finally:
-        dist.destroy_process_group()
+    main_func(*args)
+    dist.barrier()  # let every rank finish its collectives before the connections close
+    dist.destroy_process_group()
