@@ -2,8 +2,6 @@
 import json
 import logging
 import math
-import os
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -793,13 +791,15 @@ def test_inference_on_dataset(caplog):
         inference_on_dataset(model, loader, [_SumEvaluator("a"), _SumEvaluator("a")])
 
 
-def _distributed_worker(rank, world_size, port, out_dir):
+def _distributed_worker(rank, world_size, out_dir):
     import torch.distributed as dist
 
+    from mask2former.engine.launch import exit_now
     from mask2former.utils import comm
 
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    # A file rendezvous: no TCP store whose server thread could outlive a rank at exit.
+    init_method = f"file://{Path(out_dir, 'rendezvous')}"
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size)
     try:
         assert comm.get_world_size() == 2 and comm.get_rank() == rank
         assert comm.all_gather({"rank": rank}) == [{"rank": 0}, {"rank": 1}]
@@ -829,13 +829,11 @@ def _distributed_worker(rank, world_size, port, out_dir):
         comm.synchronize()
     finally:
         dist.destroy_process_group()
+    exit_now()
 
 
 def test_distributed_gather_two_processes(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_distributed_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    torch.multiprocessing.spawn(_distributed_worker, args=(2, str(tmp_path)), nprocs=2)
     res = json.loads((tmp_path / "result.json").read_text())
     assert res["mIoU"] == pytest.approx(100 * 7 / 12)
     assert res["pACC"] == pytest.approx(70.0)
