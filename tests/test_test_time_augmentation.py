@@ -7,7 +7,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from mask2former.config import get_cfg
-from mask2former.modeling.test_time_augmentation import SemanticSegmentorWithTTA, resize_shortest_edge_shape
+from mask2former.data.transforms import ResizeShortestEdge
+from mask2former.modeling.test_time_augmentation import SemanticSegmentorWithTTA
 
 
 class _PixelModel(nn.Module):
@@ -28,9 +29,10 @@ class _PixelModel(nn.Module):
 
 
 def test_resize_shortest_edge_shape():
-    assert resize_shortest_edge_shape(480, 640, 800, 1333) == (800, 1067)
-    assert resize_shortest_edge_shape(640, 480, 800, 1333) == (1067, 800)
-    assert resize_shortest_edge_shape(100, 1000, 800, 1333) == (133, 1333)  # capped by max_size
+    shape = ResizeShortestEdge.get_output_shape
+    assert shape(480, 640, 800, 1333) == (800, 1067)
+    assert shape(640, 480, 800, 1333) == (1067, 800)
+    assert shape(100, 1000, 800, 1333) == (133, 1333)  # capped by max_size
 
 
 def test_augmented_copies_and_resize_match_pil_bilinear():

@@ -5,33 +5,19 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from ..config import configurable
+from ..data.transforms import ResizeShortestEdge
 
-__all__ = ["SemanticSegmentorWithTTA", "resize_shortest_edge_shape"]
-
-
-def resize_shortest_edge_shape(height: int, width: int, short_edge: int, max_size: int) -> Tuple[int, int]:
-    """Output (height, width) of resizing the shorter side to ``short_edge`` pixels while keeping the
-    longer side <= ``max_size`` (Detectron2's ``ResizeShortestEdge.get_output_shape``)."""
-    scale = short_edge / min(height, width)
-    if height < width:
-        new_h, new_w = float(short_edge), scale * width
-    else:
-        new_h, new_w = scale * height, float(short_edge)
-    if max(new_h, new_w) > max_size:
-        scale = max_size / max(new_h, new_w)
-        new_h, new_w = new_h * scale, new_w * scale
-    return int(new_h + 0.5), int(new_w + 0.5)
+__all__ = ["SemanticSegmentorWithTTA"]
 
 
-def _resize_uint8(image: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Bilinear PIL resize of a uint8 [C, H, W] image to ``size = (h, w)`` (as Detectron2 resizes
-    uint8 images)."""
+def _resize_uint8(image: torch.Tensor, min_size: int, max_size: int) -> torch.Tensor:
+    """The test resize (short side ``min_size``, long side <= ``max_size``; PIL bilinear, as
+    Detectron2 resizes uint8 images) of a uint8 [C, H, W] image."""
     array = np.ascontiguousarray(image.permute(1, 2, 0).cpu().numpy())
-    resized = np.asarray(Image.fromarray(array).resize((size[1], size[0]), Image.BILINEAR))
+    resized = ResizeShortestEdge(min_size, max_size).get_transform(array).apply_image(array)
     return torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
 
 
@@ -78,8 +64,7 @@ class SemanticSegmentorWithTTA(nn.Module):
         image = dataset_dict["image"]
         out = []
         for min_size in self.min_sizes:
-            size = resize_shortest_edge_shape(image.shape[-2], image.shape[-1], min_size, self.max_size)
-            resized = _resize_uint8(image, size)
+            resized = _resize_uint8(image, min_size, self.max_size)
             for flipped in ([False, True] if self.flip else [False]):
                 d = copy.copy(dataset_dict)
                 d.setdefault("height", image.shape[-2])
