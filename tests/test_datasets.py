@@ -23,6 +23,7 @@ from mask2former.data.datasets import (
     register_coco_instances,
 )
 from mask2former.data.datasets.box_mode import BoxMode
+from mask2former.data.panoptic_format import id2rgb, rgb2id
 from mask2former.data.datasets.builtin_meta import (
     ADE20K_150_CATEGORIES,
     ADE20K_INSTANCE_CATEGORIES,
@@ -32,8 +33,6 @@ from mask2former.data.datasets.builtin_meta import (
 from mask2former.data.datasets.prepare import (
     ade20k_instance_json,
     ade20k_panoptic_from_instances,
-    id_to_rgb,
-    rgb_to_id,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -194,7 +193,7 @@ def test_coco_panoptic_loader(datasets_root):
         assert os.path.isfile(d["file_name"]) and os.path.isfile(d["pan_seg_file_name"])
         assert isinstance(d["image_id"], int) and d["height"] > 0 and d["width"] > 0
         assert "sem_seg_file_name" not in d
-        ids = rgb_to_id(np.asarray(Image.open(d["pan_seg_file_name"])))
+        ids = rgb2id(np.asarray(Image.open(d["pan_seg_file_name"])))
         assert {s["id"] for s in d["segments_info"]} <= set(np.unique(ids).tolist())
     for s in segments:
         assert 0 <= s["category_id"] < 133
@@ -258,7 +257,7 @@ def test_prepare_coco_semantic_from_panoptic(prepared_root, datasets_root):
     assert len(dicts) == 3
     for d in dicts:
         sem = np.asarray(Image.open(d["sem_seg_file_name"]))
-        ids = rgb_to_id(np.asarray(Image.open(d["pan_seg_file_name"])))
+        ids = rgb2id(np.asarray(Image.open(d["pan_seg_file_name"])))
         assert sem.dtype == np.uint8 and sem.shape == ids.shape == (d["height"], d["width"])
         expected = np.full(ids.shape, 255, dtype=np.uint8)
         for s in d["segments_info"]:
@@ -333,7 +332,7 @@ def test_ade20k_panoptic_and_instance_preparation(tmp_path, datasets_root):
     assert [d["image_id"] for d in dicts] == sorted(expected)
     for d in dicts:
         n_things, cls = expected[d["image_id"]]
-        ids = rgb_to_id(np.asarray(Image.open(d["pan_seg_file_name"])))
+        ids = rgb2id(np.asarray(Image.open(d["pan_seg_file_name"])))
         things = [s for s in d["segments_info"] if s["isthing"]]
         assert len(things) == n_things
         for s in d["segments_info"]:
@@ -360,7 +359,7 @@ def test_ade20k_panoptic_and_instance_preparation(tmp_path, datasets_root):
 
 def test_rgb_id_roundtrip():
     ids = np.array([[0, 1, 255], [256, 65535, 16777215]])
-    np.testing.assert_array_equal(rgb_to_id(id_to_rgb(ids)), ids)
+    np.testing.assert_array_equal(rgb2id(id2rgb(ids)), ids)
 
 
 # ----------------------------------------------------------------------------- cityscapes
@@ -382,7 +381,7 @@ def tiny_cityscapes(tmp_path):
     pan_dir = root / "gtFine/cityscapes_panoptic_val"
     pan_dir.mkdir()
     pan_ids = np.where(inst >= 26000, inst, np.where(inst == 7, 7, 0))
-    Image.fromarray(id_to_rgb(pan_ids)).save(pan_dir / f"{stem}_gtFine_panoptic.png")
+    Image.fromarray(id2rgb(pan_ids)).save(pan_dir / f"{stem}_gtFine_panoptic.png")
     segments = [{"id": 7, "category_id": 7, "iscrowd": 0}, {"id": 26000, "category_id": 26, "iscrowd": 0},
                 {"id": 26001, "category_id": 26, "iscrowd": 0}]
     with open(root / "gtFine/cityscapes_panoptic_val.json", "w") as f:

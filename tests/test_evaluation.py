@@ -22,7 +22,7 @@ from mask2former.evaluation import (
     inference_on_dataset,
     pq_compute,
 )
-from mask2former.evaluation.panoptic_quality import id2rgb, rgb2id
+from mask2former.data.panoptic_format import id2rgb, rgb2id
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "datasets"
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"

@@ -18,7 +18,8 @@ from mask2former.utils import comm
 
 from .evaluator import DatasetEvaluator
 from .metadata import require_field, resolve_metadata
-from .panoptic_quality import id2rgb, pq_compute
+from ..data.panoptic_format import id2rgb
+from .panoptic_quality import pq_compute
 from .tables import create_per_category_table
 
 __all__ = ["COCOPanopticEvaluator"]

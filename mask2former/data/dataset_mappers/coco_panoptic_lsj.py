@@ -1,6 +1,7 @@
 """``coco_panoptic_lsj``: COCO panoptic training with large-scale jitter."""
 from ..image_io import read_image
-from .common import make_instances, panoptic_ids, panoptic_targets
+from ..panoptic_format import rgb2id
+from .common import make_instances, panoptic_targets
 from .lsj import LSJDatasetMapper
 from .registry import register_mapper
 
@@ -27,6 +28,6 @@ class COCOPanopticNewBaselineDatasetMapper(LSJDatasetMapper):
         if "pan_seg_file_name" not in dataset_dict:
             raise ValueError(f"No 'pan_seg_file_name' for '{dataset_dict['file_name']}'.")
         pan_rgb = read_image(dataset_dict["pan_seg_file_name"], format="RGB")
-        pan = panoptic_ids(transforms.apply_segmentation(pan_rgb))
+        pan = rgb2id(transforms.apply_segmentation(pan_rgb))
         classes, masks = panoptic_targets(pan, dataset_dict["segments_info"])
         dataset_dict["instances"] = make_instances(image.shape[:2], classes, masks, with_boxes=True)

@@ -13,7 +13,6 @@ from ..image_io import read_image
 __all__ = [
     "read_image_checked",
     "read_label_map",
-    "panoptic_ids",
     "annotation_masks",
     "panoptic_targets",
     "semantic_targets",
@@ -48,12 +47,6 @@ def read_image_checked(dataset_dict: dict, image_format: str) -> np.ndarray:
 def read_label_map(file_name: str) -> np.ndarray:
     """A label PNG as stored ([H, W], uint8 for 0..255 labels)."""
     return read_image(file_name, format=None)
-
-
-def panoptic_ids(pan_rgb: np.ndarray) -> np.ndarray:
-    """Segment ids int64 [H, W] of a panoptic RGB array (id = R + 256 G + 256^2 B)."""
-    rgb = pan_rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
 
 
 def _polygon_mask(polygons: Sequence[Sequence[float]], h: int, w: int) -> np.ndarray:

@@ -5,13 +5,13 @@ import numpy as np
 import torch
 
 from ..image_io import read_image
+from ..panoptic_format import rgb2id
 from .augmentations import apply_augmentations
 from .common import (
     image_to_tensor,
     make_instances,
     optional_sem_seg,
     pad_to_divisible,
-    panoptic_ids,
     panoptic_targets,
     read_image_checked,
 )
@@ -47,7 +47,7 @@ class MaskFormerPanopticDatasetMapper(MaskFormerSemanticDatasetMapper):
         sem_seg = optional_sem_seg(dataset_dict)
         pan_rgb = read_image(dataset_dict.pop("pan_seg_file_name"), format="RGB")
         image, sem_seg, transforms = apply_augmentations(self.augmentations, image, sem_seg)
-        pan = panoptic_ids(transforms.apply_segmentation(pan_rgb))
+        pan = rgb2id(transforms.apply_segmentation(pan_rgb))
 
         image_t = pad_to_divisible(image_to_tensor(image), self.size_divisibility, 128)
         pan = pad_to_divisible(torch.as_tensor(pan), self.size_divisibility, 0).numpy()

@@ -21,6 +21,7 @@ import pycocotools.mask as mask_util
 import tqdm
 from PIL import Image
 
+from ..panoptic_format import id2rgb, rgb2id
 from ._paths import require_dir, require_file
 from .builtin_meta import (
     ADE20K_150_CATEGORIES,
@@ -30,8 +31,6 @@ from .builtin_meta import (
 
 __all__ = [
     "mirror_inputs",
-    "rgb_to_id",
-    "id_to_rgb",
     "coco_panoptic_to_semantic",
     "ade20k_sem_seg_convert",
     "ade20k_panoptic_from_instances",
@@ -62,23 +61,11 @@ def mirror_inputs(src_dir: str, dst_dir: str) -> None:
             os.symlink(os.path.abspath(os.path.join(src_dir, name)), dst)
 
 
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """Panoptic segment ids int64 [H, W] from an RGB PNG array uint8 [H, W, 3]."""
-    rgb = rgb.astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
-
-
-def id_to_rgb(ids: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`rgb_to_id`: uint8 [H, W, 3]."""
-    ids = ids.astype(np.int64)
-    return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
-
-
 def _panoptic_png_to_semantic(
     job: Tuple[str, str, List[dict]], id_map: Dict[int, int]
 ) -> None:
     src, dst, segments = job
-    ids = rgb_to_id(np.asarray(Image.open(src).convert("RGB")))
+    ids = rgb2id(np.asarray(Image.open(src).convert("RGB")))
     out = np.full(ids.shape, 255, dtype=np.uint8)
     for seg in segments:
         out[ids == seg["id"]] = id_map[seg["category_id"]]
@@ -273,7 +260,7 @@ def ade20k_panoptic_from_instances(
                         "iscrowd": 0,
                     }
                 )
-        Image.fromarray(id_to_rgb(pan)).save(os.path.join(out_folder, image["id"] + ".png"))
+        Image.fromarray(id2rgb(pan)).save(os.path.join(out_folder, image["id"] + ".png"))
         annotations.append(
             {"image_id": image["id"], "file_name": image["id"] + ".png", "segments_info": segments}
         )
