@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mask2former.utils.benchmark import PeakMemory, parse_setting
+from mask2former.utils.benchmark import ModuleTimer, PeakMemory, parse_setting
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,6 +80,9 @@ def test_params_flops_inference_compare(tmp_path, reference_dir, datasets_root):
         assert metrics["fps"] == pytest.approx(1 / metrics["seconds_per_image"])
         assert metrics["peak_memory_mb"] >= metrics["peak_memory_increase_mb"] >= 0
         assert metrics["memory_kind"] == "rss_sampled"
+        assert 0 < metrics["msdeformattn_seconds_per_image"] < metrics["seconds_per_image"]
+        share = metrics["msdeformattn_seconds_per_image"] / metrics["seconds_per_image"]
+        assert metrics["max_speedup_from_msdeformattn"] == pytest.approx(1 / (1 - share))
 
     compared = {c["task"]: c for c in report["comparisons"]}
     assert set(compared) == {"params", "flops", "inference"}
@@ -155,3 +158,21 @@ def test_peak_memory_sees_cpu_allocation():
     assert memory.kind == "rss_sampled"
     assert memory.increase_mb >= 48
     assert memory.peak_mb >= memory.start_mb + memory.increase_mb - 1e-6
+
+
+def test_module_timer_counts_time_inside_the_modules_only():
+    class Sleep(torch.nn.Module):
+        def forward(self, x):
+            time.sleep(0.05)
+            return x
+
+    model = torch.nn.Sequential(Sleep(), torch.nn.Linear(2, 2), Sleep())
+    with ModuleTimer(model, Sleep, torch.device("cpu")) as timer:
+        start = time.perf_counter()
+        model(torch.zeros(1, 2))
+        time.sleep(0.05)
+        total = time.perf_counter() - start
+    assert timer.calls == 2
+    assert 0.1 <= timer.seconds < total - 0.04
+    model(torch.zeros(1, 2))  # hooks removed on exit
+    assert timer.calls == 2

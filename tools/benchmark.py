@@ -11,6 +11,9 @@ Tasks (``--task``, one or more):
   inference  frames/s at batch 1 with ``Predictor`` on the raw images (resize, model and
              post-processing; decoding the files is not timed), averaged over the images after
              ``--warmup`` calls, and peak memory (CUDA max_memory_allocated; sampled RSS on CPU).
+             Also the seconds spent inside the ``MSDeformAttn`` modules (projections and sampling)
+             and ``max_speedup_from_msdeformattn`` = total / (total - those seconds): by Amdahl's
+             law, no implementation of the op makes that setting faster end to end than this.
   train      seconds per ``Trainer.run_step`` (forward, loss, backward, clipping, optimizer) for
              ``--batch-size`` images cropped to ``--crop`` from the config's training set (the batches
              are loaded before timing), or synthetic images and masks with ``--synthetic``; peak
@@ -70,9 +73,10 @@ from mask2former.data.dataset_mappers.common import make_instances
 from mask2former.data.image_io import read_image
 from mask2former.data.transforms import ResizeShortestEdge
 from mask2former.engine.trainer import Trainer
-from mask2former.layers import ms_deform_attn, ms_deform_attn_compiled  # noqa: F401 (registers "compiled")
+from mask2former.layers import MSDeformAttn, ms_deform_attn, ms_deform_attn_compiled  # noqa: F401 (registers "compiled")
 from mask2former.utils.benchmark import (
     DTYPES,
+    ModuleTimer,
     PeakMemory,
     Setting,
     count_flops,
@@ -96,8 +100,8 @@ STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 KEY_METRICS = {
     "params": ("params_m",),
     "flops": ("gflops",),
-    "inference": ("fps", "seconds_per_image", "seconds_per_image_median", "peak_memory_mb",
-                  "peak_memory_increase_mb"),
+    "inference": ("fps", "seconds_per_image", "seconds_per_image_median", "msdeformattn_seconds_per_image",
+                  "max_speedup_from_msdeformattn", "peak_memory_mb", "peak_memory_increase_mb"),
     "train": ("seconds_per_iter", "seconds_per_iter_median", "peak_memory_mb", "peak_memory_increase_mb"),
     "op": ("forward_ms", "forward_ms_median", "forward_backward_ms", "forward_backward_ms_median",
            "forward_peak_memory_increase_mb", "forward_backward_peak_memory_increase_mb"),
@@ -407,6 +411,7 @@ def run_inference(args, settings: Sequence[Setting], images) -> Tuple[List[Dict]
                 time_call(lambda: chosen[setting.label](images[i % len(images)][1]), device)
     compare = len(settings) == 2
     times = {s.label: [] for s in settings}
+    msda_times = {s.label: [] for s in settings}
     memories = {s.label: [] for s in settings}
     differences = []
     for path, image in images:
@@ -415,9 +420,11 @@ def run_inference(args, settings: Sequence[Setting], images) -> Tuple[List[Dict]
             device, dtype = setting_device(args, setting), setting_dtype(args, setting)
             predictor = chosen[setting.label]
             hook = HeadOutputs(predictor.model) if compare else None
-            with activate(setting), autocast(device, dtype), PeakMemory(device) as memory:
+            timer = ModuleTimer(predictor.model, MSDeformAttn, device)
+            with activate(setting), autocast(device, dtype), PeakMemory(device) as memory, timer:
                 seconds, output = time_call(lambda: predictor(image), device)
             times[setting.label].append(seconds)
+            msda_times[setting.label].append(timer.seconds)
             memories[setting.label].append(memory)
             if hook is not None:
                 hook.remove()
@@ -428,10 +435,13 @@ def run_inference(args, settings: Sequence[Setting], images) -> Tuple[List[Dict]
     rows = []
     for setting in settings:
         stats = summarize(times[setting.label])
+        msda_seconds = summarize(msda_times[setting.label])["mean"]
         rows.append(row(
             setting, "inference",
             fps=1.0 / stats["mean"], seconds_per_image=stats["mean"],
             seconds_per_image_std=stats["std"], seconds_per_image_median=stats["median"],
+            msdeformattn_seconds_per_image=msda_seconds,
+            max_speedup_from_msdeformattn=stats["mean"] / max(stats["mean"] - msda_seconds, 1e-9),
             num_images=len(images), warmup=args.warmup, dtype=setting_dtype(args, setting),
             msdeformattn_impl=model_impl(args, setting),
             **memory_metrics(memories[setting.label]),

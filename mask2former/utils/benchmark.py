@@ -28,6 +28,7 @@ from ..layers.ms_deform_attn_op import IMPL_ENV_VAR, ms_deform_attn
 __all__ = [
     "DTYPES",
     "IGNORED_FLOP_OPS",
+    "ModuleTimer",
     "PeakMemory",
     "Setting",
     "count_flops",
@@ -308,6 +309,49 @@ class PeakMemory:
         self.start_mb = self._start_bytes / 2**20
         self.peak_mb = peak / 2**20
         self.increase_mb = max(peak - self._start_bytes, 0) / 2**20
+
+
+class ModuleTimer:
+    """Wall-clock seconds spent inside the modules of one type while the ``with`` block runs.
+
+    Forward pre-hooks and hooks on every instance of ``module_type`` in ``model`` (CUDA
+    synchronised at both ends of each call, which slightly serialises GPU work). Used to bound
+    what any change confined to those modules can gain (Amdahl's law): with a share ``s`` of the
+    time inside them, no implementation of them makes the whole call more than ``1 / (1 - s)``
+    times faster.
+
+    Attributes:
+        seconds: total seconds inside the modules since entering the block.
+        calls: number of module calls timed.
+    """
+
+    def __init__(self, model: nn.Module, module_type: type, device: torch.device):
+        self.modules = [m for m in model.modules() if isinstance(m, module_type)]
+        self.device = device
+        self.seconds = 0.0
+        self.calls = 0
+        self._handles: List[Any] = []
+        self._start = 0.0
+
+    def _enter_module(self, module, inputs) -> None:
+        synchronize(self.device)
+        self._start = time.perf_counter()
+
+    def _exit_module(self, module, inputs, output) -> None:
+        synchronize(self.device)
+        self.seconds += time.perf_counter() - self._start
+        self.calls += 1
+
+    def __enter__(self) -> "ModuleTimer":
+        for m in self.modules:
+            self._handles.append(m.register_forward_pre_hook(self._enter_module))
+            self._handles.append(m.register_forward_hook(self._exit_module))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
 
 
 def _cpu_model() -> str:
