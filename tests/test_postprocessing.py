@@ -165,3 +165,29 @@ def test_panoptic_inference_merges_stuff_and_drops_low_scores():
         mask_cls, mask_pred, object_mask_threshold=0.9999, overlap_threshold=0.8, thing_classes=[0]
     )
     assert none == [] and empty.eq(0).all() and empty.dtype == torch.int32
+
+
+def test_shared_mask_prob_gives_identical_results(reference_dir):
+    """The meta-architecture passes one ``sigmoid`` of the full-resolution masks to all three
+    tasks; each function must return exactly what it computes on its own."""
+    fixture = "thin_r50_coco_panoptic"
+    _, npz = _fixture_images(reference_dir, fixture)[0]
+    mask_cls = torch.from_numpy(npz["pred_logits"])
+    mask_pred = torch.from_numpy(npz["pred_masks"])
+    mask_prob = mask_pred.sigmoid()
+
+    assert torch.equal(semantic_inference(mask_cls, mask_pred, mask_prob=mask_prob),
+                       semantic_inference(mask_cls, mask_pred))
+
+    kwargs = dict(object_mask_threshold=0.25, overlap_threshold=0.5, thing_classes=COCO_THING_CLASSES)
+    shared = panoptic_inference(mask_cls, mask_pred, mask_prob=mask_prob, **kwargs)
+    alone = panoptic_inference(mask_cls, mask_pred, **kwargs)
+    assert torch.equal(shared[0], alone[0]) and shared[1] == alone[1] and len(alone[1]) > 0
+
+    shared = instance_inference(mask_cls, mask_pred, test_topk_per_image=100, mask_prob=mask_prob)
+    alone = instance_inference(mask_cls, mask_pred, test_topk_per_image=100)
+    for field in ("pred_masks", "scores", "pred_classes"):
+        assert torch.equal(getattr(shared, field), getattr(alone, field)), field
+    # several of the 100 (query, class) candidates share a query: the per-query path is exercised
+    queries = alone.pred_masks.flatten(1).unique(dim=0).shape[0]
+    assert queries < len(alone)

@@ -36,18 +36,22 @@ def sem_seg_postprocess(
     return F.interpolate(result, size=(output_height, output_width), mode="bilinear", align_corners=False)[0]
 
 
-def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch.Tensor:
+def semantic_inference(
+    mask_cls: torch.Tensor, mask_pred: torch.Tensor, *, mask_prob: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Per-class scores ``sum_q softmax(mask_cls)[q, c] * sigmoid(mask_pred)[q]``.
 
     Args:
         mask_cls: [Q, K+1] class logits.
         mask_pred: [Q, H, W] mask logits.
+        mask_prob: ``mask_pred.sigmoid()`` when the caller already has it (same result, one
+            full-resolution pass less).
 
     Returns:
         [K, H, W] semantic scores (the "no object" class is dropped).
     """
     probs = F.softmax(mask_cls, dim=-1)[..., :-1]
-    return torch.einsum("qc,qhw->chw", probs, mask_pred.sigmoid())
+    return torch.einsum("qc,qhw->chw", probs, mask_pred.sigmoid() if mask_prob is None else mask_prob)
 
 
 def panoptic_inference(
@@ -57,6 +61,7 @@ def panoptic_inference(
     object_mask_threshold: float,
     overlap_threshold: float,
     thing_classes: Collection[int],
+    mask_prob: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, List[Dict]]:
     """Panoptic segmentation from mask classification.
 
@@ -72,6 +77,8 @@ def panoptic_inference(
         object_mask_threshold: minimum class probability of a kept query.
         overlap_threshold: minimum fraction of a query's mask that must remain visible.
         thing_classes: contiguous ids (0..K-1) of the "thing" classes.
+        mask_prob: ``mask_pred.sigmoid()`` when the caller already has it; otherwise only the
+            kept queries' masks go through the sigmoid.
 
     Returns:
         ``panoptic_seg`` int32 [H, W] (0 = void, else a segment id), and ``segments_info``: one dict
@@ -79,12 +86,10 @@ def panoptic_inference(
     """
     num_classes = mask_cls.shape[-1] - 1
     scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
-    mask_prob = mask_pred.sigmoid()
-
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)
     cur_scores = scores[keep]
     cur_classes = labels[keep]
-    cur_masks = mask_prob[keep]
+    cur_masks = mask_pred[keep].sigmoid() if mask_prob is None else mask_prob[keep]
 
     h, w = cur_masks.shape[-2:]
     panoptic_seg = torch.zeros((h, w), dtype=torch.int32, device=cur_masks.device)
@@ -126,6 +131,7 @@ def instance_inference(
     test_topk_per_image: int,
     thing_classes: Optional[Collection[int]] = None,
     boxes_from_masks: bool = False,
+    mask_prob: Optional[torch.Tensor] = None,
 ) -> Instances:
     """Instance segmentation from mask classification.
 
@@ -133,6 +139,7 @@ def instance_inference(
     ``k = min(test_topk_per_image, Q*K)`` best are kept (in ``torch.topk(sorted=False)`` order).
     With ``thing_classes`` given, candidates of other classes are then dropped. The final score
     multiplies the class probability by the mean mask probability inside the predicted mask.
+    A query kept with several classes has its mask processed once.
 
     Args:
         mask_cls: [Q, K+1] class logits.
@@ -141,6 +148,8 @@ def instance_inference(
         thing_classes: contiguous ids of the classes to keep (None = all), for panoptic models.
         boxes_from_masks: compute tight boxes around the masks; otherwise boxes are all zero, as in
             the published model.
+        mask_prob: ``mask_pred.sigmoid()`` when the caller already has it; otherwise only the
+            selected queries' masks go through the sigmoid.
 
     Returns:
         ``Instances`` of image size (H, W) with ``pred_masks`` float [N, H, W] (1.0 where the mask
@@ -153,24 +162,28 @@ def instance_inference(
     k = min(test_topk_per_image, num_queries * num_classes)
     scores_per_image, topk_indices = scores.flatten(0, 1).topk(k, sorted=False)
     labels_per_image = labels[topk_indices]
-    mask_pred = mask_pred[torch.div(topk_indices, num_classes, rounding_mode="floor")]
+    query_indices = torch.div(topk_indices, num_classes, rounding_mode="floor")
 
     if thing_classes is not None:
         things = torch.tensor(sorted(int(c) for c in thing_classes), dtype=labels.dtype, device=labels.device)
         keep = torch.isin(labels_per_image, things)
         scores_per_image = scores_per_image[keep]
         labels_per_image = labels_per_image[keep]
-        mask_pred = mask_pred[keep]
+        query_indices = query_indices[keep]
+
+    queries, per_query = torch.unique(query_indices, return_inverse=True)
+    query_masks = (mask_pred[queries] > 0).float()
+    query_probs = mask_pred[queries].sigmoid() if mask_prob is None else mask_prob[queries]
+    flat_masks = query_masks.flatten(1)
+    query_scores = (query_probs.flatten(1) * flat_masks).sum(1) / (flat_masks.sum(1) + 1e-6)
 
     result = Instances(tuple(int(s) for s in mask_pred.shape[-2:]))
-    pred_masks = (mask_pred > 0).float()
+    pred_masks = query_masks[per_query]
     result.pred_masks = pred_masks
     if boxes_from_masks:
         result.pred_boxes = masks_to_boxes(pred_masks)
     else:
-        result.pred_boxes = Boxes(torch.zeros(mask_pred.shape[0], 4, device=mask_pred.device))
-    flat_masks = pred_masks.flatten(1)
-    mask_scores = (mask_pred.sigmoid().flatten(1) * flat_masks).sum(1) / (flat_masks.sum(1) + 1e-6)
-    result.scores = scores_per_image * mask_scores
+        result.pred_boxes = Boxes(torch.zeros(pred_masks.shape[0], 4, device=mask_pred.device))
+    result.scores = scores_per_image * query_scores[per_query]
     result.pred_classes = labels_per_image
     return result

@@ -188,11 +188,14 @@ class MaskFormer(nn.Module):
         height = batched_input.get("height", image_size[0])
         width = batched_input.get("width", image_size[1])
         result = {}
+        mask_prob = None
         if self.sem_seg_postprocess_before_inference:
             mask_pred = sem_seg_postprocess(mask_pred, image_size, height, width)
             mask_cls = mask_cls.to(mask_pred)
+            if self.semantic_on:  # all queries' probabilities, then shared by the three tasks
+                mask_prob = mask_pred.sigmoid()
         if self.semantic_on:
-            r = semantic_inference(mask_cls, mask_pred)
+            r = semantic_inference(mask_cls, mask_pred, mask_prob=mask_prob)
             if not self.sem_seg_postprocess_before_inference:
                 r = sem_seg_postprocess(r, image_size, height, width)
             result["sem_seg"] = r
@@ -203,6 +206,7 @@ class MaskFormer(nn.Module):
                 object_mask_threshold=self.object_mask_threshold,
                 overlap_threshold=self.overlap_threshold,
                 thing_classes=self.thing_classes,
+                mask_prob=mask_prob,
             )
         if self.instance_on:
             result["instances"] = instance_inference(
@@ -210,6 +214,7 @@ class MaskFormer(nn.Module):
                 mask_pred,
                 test_topk_per_image=self.test_topk_per_image,
                 thing_classes=self.thing_classes if self.panoptic_on else None,
+                mask_prob=mask_prob,
             )
         return result
 

@@ -50,7 +50,8 @@ class MSDeformAttnTransformerEncoderLayer(nn.Module):
         level_start_index int64 [L]. Returns [N, S, d_model]."""
         attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index)
         src = self.norm1(src + self.dropout1(attn))
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
+        # in place: saves one [N, S, d_ffn] buffer (the linear's backward does not need its output)
+        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src), inplace=True)))
         return self.norm2(src + self.dropout3(ffn))
 
 
