@@ -1,5 +1,10 @@
 """The compiled multi-scale deformable attention kernels (``mask2former._C``) against the
 executable specification ``ms_deform_attn_pytorch`` (per-level ``F.grid_sample``)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -54,6 +59,8 @@ CASES = {
     ),
     "empty_batch": dict(batch=0, shapes=[(4, 5), (2, 3)], heads=2, channels=4, queries=6, points=2),
     "no_queries": dict(batch=2, shapes=[(4, 5)], heads=2, channels=4, queries=0, points=2),
+    # 32 channels per head, as in the model: the CPU kernels' fixed-width path
+    "model_head_width": dict(batch=2, shapes=[(6, 8), (3, 4)], heads=2, channels=32, queries=10, points=3),
     # one (batch, head) pair and 600 queries: with 2 threads the CPU backward splits the queries
     "chunked_backward": dict(
         batch=1, shapes=[(9, 11), (5, 6)], heads=1, channels=8, queries=600, points=4, spread=1.2
@@ -143,6 +150,31 @@ def test_cpu_16bit_accumulates_in_float32(dtype):
 
 def small_float32_inputs(batch=1):
     return make_inputs(batch, [(5, 6), (3, 3)], 2, 4, 8, 2, dtype=torch.float32)
+
+
+def test_baseline_instruction_set_build_matches_pytorch():
+    """The tests above run the kernels ATen's CPU capability selects (the AVX2 + FMA build on most
+    x86-64 CPUs); rerun them on the baseline build, forced with ATEN_CPU_CAPABILITY=default."""
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
+    isa = subprocess.run(
+        [sys.executable, "-c", "from mask2former import _C; print(_C.cpu_kernel_isa())"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.split()[-1]
+    assert isa == "default"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
+         "-k", "cpu_float32 or cpu_exact_borders or cpu_gradcheck or cpu_16bit"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+def test_cpu_kernel_isa_follows_the_cpu():
+    expected = "avx2" if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else "default"
+    if sys.platform != "linux" or os.uname().machine != "x86_64":
+        expected = "default"
+    assert compiled._C.cpu_kernel_isa() == expected
 
 
 def test_dispatcher_uses_compiled_kernels_on_cpu():

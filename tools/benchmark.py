@@ -687,7 +687,7 @@ def print_report(env: Dict, settings: Sequence[Setting], rows: List[Dict], compa
     gpu = f" ({env['gpu']})" if "gpu" in env else ""
     print(f"{env['cpu']} ({env['cpu_count']} CPUs), torch {env['torch']}, {env['torch_threads']} threads, "
           f"device {env['device']}{gpu}, load average {env.get('load_average_1_5_15')}, "
-          f"compiled op built: {env['compiled_extension']}")
+          f"compiled op built: {env['compiled_extension']} (CPU kernels: {env.get('compiled_cpu_kernels')})")
     for s in settings:
         print(f"setting {s.label}: {s.spec or 'default'}")
     for task in TASKS:

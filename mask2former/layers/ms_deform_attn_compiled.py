@@ -9,6 +9,10 @@ Autograd wrapper around the C++/CUDA kernels of the ``mask2former._C`` extension
 :func:`~mask2former.layers.ms_deform_attn.ms_deform_attn_pytorch` computes (bilinear sampling,
 zero padding, ``align_corners=False``), up to the floating-point summation order.
 
+The CPU kernels exist in two builds, chosen at run time like ATen's own kernels: AVX2 + FMA when
+the CPU has them (GCC builds on x86-64), the baseline instruction set otherwise or under
+``ATEN_CPU_CAPABILITY=default``; ``mask2former._C.cpu_kernel_isa()`` names the one in use.
+
 The extension is built by ``pip install --no-build-isolation -e .``. Without it (pure-Python
 install, or an extension built for another torch) importing this module logs one warning and
 registers nothing, and ``ms_deform_attn`` keeps using the PyTorch implementation.

@@ -365,7 +365,8 @@ def _cpu_model() -> str:
 
 def environment_info(device: torch.device) -> Dict[str, Any]:
     """Hardware and software facts to store with the measurements (CPU model and count, torch
-    version and threads, GPU name, load average, whether ``mask2former._C`` is built)."""
+    version and threads, GPU name, load average, whether ``mask2former._C`` is built and the
+    instruction set of its CPU kernels)."""
     from ..layers import ms_deform_attn_compiled
 
     info: Dict[str, Any] = {
@@ -380,6 +381,8 @@ def environment_info(device: torch.device) -> Dict[str, Any]:
         "compiled_extension": ms_deform_attn_compiled.EXTENSION_AVAILABLE,
         "msda_impl_env": os.environ.get(IMPL_ENV_VAR),
     }
+    if ms_deform_attn_compiled.EXTENSION_AVAILABLE:
+        info["compiled_cpu_kernels"] = ms_deform_attn_compiled._C.cpu_kernel_isa()
     if hasattr(os, "getloadavg"):
         info["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
     if device.type == "cuda":

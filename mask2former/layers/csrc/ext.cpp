@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "ms_deform_attn.h"
+#include "ms_deform_attn_cpu_avx2.h"
 
 namespace mask2former {
 namespace {
@@ -68,4 +69,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
       },
       "Whether the CUDA kernels were compiled into this extension.");
+  m.def(
+      "cpu_kernel_isa",
+      []() { return std::string(mask2former::cpu_kernel_isa()); },
+      "Instruction set of the CPU kernels in use: 'avx2' (AVX2 + FMA build, chosen when ATen's CPU "
+      "capability allows it; ATEN_CPU_CAPABILITY=default forces the baseline) or 'default'.");
 }

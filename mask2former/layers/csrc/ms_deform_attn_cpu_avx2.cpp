@@ -1,0 +1,64 @@
+// The CPU kernels of ms_deform_attn_cpu_kernels.h compiled for AVX2 + FMA (8 float lanes, fused
+// multiply-add) with GCC's target pragma, so that the rest of the extension keeps the baseline
+// instruction set. Headers are included before the pragma: only the kernels get the new target.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "bilinear.h"
+#include "ms_deform_attn.h"
+#include "ms_deform_attn_cpu_avx2.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define MASK2FORMER_HAVE_AVX2_KERNELS 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#else
+#define MASK2FORMER_HAVE_AVX2_KERNELS 0
+#endif
+
+#include "ms_deform_attn_cpu_kernels.h"
+
+namespace mask2former {
+
+bool cpu_kernels_have_avx2() {
+  return MASK2FORMER_HAVE_AVX2_KERNELS;
+}
+
+void run_forward_kernel_avx2(
+    const MSDeformAttnSizes& sz,
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights,
+    at::Tensor& output) {
+  run_forward_kernel(sz, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, output);
+}
+
+void run_backward_kernel_avx2(
+    const MSDeformAttnSizes& sz,
+    int64_t chunks,
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights,
+    const at::Tensor& grad_output,
+    at::Tensor& grad_value_acc,
+    at::Tensor& grad_locations,
+    at::Tensor& grad_weights) {
+  run_backward_kernel(
+      sz, chunks, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, grad_output,
+      grad_value_acc, grad_locations, grad_weights);
+}
+
+}  // namespace mask2former
+
+#if MASK2FORMER_HAVE_AVX2_KERNELS
+#pragma GCC pop_options
+#endif
