@@ -28,9 +28,12 @@ const char* cpu_kernel_isa() {
 
 namespace {
 
-bool use_avx2_kernels() {
-  static const bool use = std::string(cpu_kernel_isa()) == "avx2";
-  return use;
+// The kernels chosen once per process: the AVX2 + FMA build or the baseline one of this file.
+const CpuKernels& cpu_kernels() {
+  static const CpuKernels kernels = std::string(cpu_kernel_isa()) == "avx2"
+      ? avx2_cpu_kernels()
+      : CpuKernels{run_forward_kernel, run_backward_kernel};
+  return kernels;
 }
 
 void check_cpu(
@@ -59,8 +62,7 @@ at::Tensor ms_deform_attn_forward_cpu(
   const auto starts_c = level_start_index.contiguous();
   const auto locations_c = sampling_locations.contiguous();
   const auto weights_c = attention_weights.contiguous();
-  const auto run = use_avx2_kernels() ? run_forward_kernel_avx2 : run_forward_kernel;
-  run(sz, value_c, shapes_c, starts_c, locations_c, weights_c, output);
+  cpu_kernels().forward(sz, value_c, shapes_c, starts_c, locations_c, weights_c, output);
   return output;
 }
 
@@ -93,8 +95,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   const auto locations_c = sampling_locations.contiguous();
   const auto weights_c = attention_weights.contiguous();
   const auto grad_output_c = grad_output.contiguous();
-  const auto run = use_avx2_kernels() ? run_backward_kernel_avx2 : run_backward_kernel;
-  run(sz, chunks, value_c, shapes_c, starts_c, locations_c, weights_c, grad_output_c, grad_value_acc,
+  cpu_kernels().backward(
+      sz, chunks, value_c, shapes_c, starts_c, locations_c, weights_c, grad_output_c, grad_value_acc,
       grad_locations, grad_weights);
   auto grad_value = chunks == 1 ? grad_value_acc.select(1, 0) : grad_value_acc.sum(1);
   return {grad_value.to(dtype), grad_locations, grad_weights};

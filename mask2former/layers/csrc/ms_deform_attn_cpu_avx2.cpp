@@ -29,32 +29,8 @@ bool cpu_kernels_have_avx2() {
   return MASK2FORMER_HAVE_AVX2_KERNELS;
 }
 
-void run_forward_kernel_avx2(
-    const MSDeformAttnSizes& sz,
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights,
-    at::Tensor& output) {
-  run_forward_kernel(sz, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, output);
-}
-
-void run_backward_kernel_avx2(
-    const MSDeformAttnSizes& sz,
-    int64_t chunks,
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights,
-    const at::Tensor& grad_output,
-    at::Tensor& grad_value_acc,
-    at::Tensor& grad_locations,
-    at::Tensor& grad_weights) {
-  run_backward_kernel(
-      sz, chunks, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, grad_output,
-      grad_value_acc, grad_locations, grad_weights);
+CpuKernels avx2_cpu_kernels() {
+  return {run_forward_kernel, run_backward_kernel};
 }
 
 }  // namespace mask2former

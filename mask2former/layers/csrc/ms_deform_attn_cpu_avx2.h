@@ -16,8 +16,8 @@ bool cpu_kernels_have_avx2();
 // otherwise "default": the kernels the CPU implementation runs.
 const char* cpu_kernel_isa();
 
-// The AVX2 + FMA builds of run_forward_kernel / run_backward_kernel (ms_deform_attn_cpu_kernels.h).
-void run_forward_kernel_avx2(
+// Signatures of run_forward_kernel / run_backward_kernel (ms_deform_attn_cpu_kernels.h).
+using ForwardKernel = void (*)(
     const MSDeformAttnSizes& sz,
     const at::Tensor& value,
     const at::Tensor& spatial_shapes,
@@ -25,8 +25,7 @@ void run_forward_kernel_avx2(
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights,
     at::Tensor& output);
-
-void run_backward_kernel_avx2(
+using BackwardKernel = void (*)(
     const MSDeformAttnSizes& sz,
     int64_t chunks,
     const at::Tensor& value,
@@ -38,5 +37,13 @@ void run_backward_kernel_avx2(
     at::Tensor& grad_value_acc,
     at::Tensor& grad_locations,
     at::Tensor& grad_weights);
+
+struct CpuKernels {
+  ForwardKernel forward;
+  BackwardKernel backward;
+};
+
+// The kernels of ms_deform_attn_cpu_avx2.cpp (AVX2 + FMA when cpu_kernels_have_avx2()).
+CpuKernels avx2_cpu_kernels();
 
 }  // namespace mask2former
