@@ -68,4 +68,7 @@ def test_two_gloo_workers_match_one_worker(datasets_root, tmp_path):
         assert double["losses"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
     assert single["grads"].keys() == double["grads"].keys()
     for name, grad in single["grads"].items():
-        torch.testing.assert_close(double["grads"][name], grad, rtol=1e-3, atol=1e-6, msg=name)
+        # float summation noise grows with each tensor's scale (elements near zero of a large
+        # gradient differ by ~1e-5 of its maximum); a gradient-averaging error would be O(max)
+        atol = max(1e-4 * float(grad.abs().max()), 1e-7)
+        torch.testing.assert_close(double["grads"][name], grad, rtol=1e-3, atol=atol, msg=lambda m: f"{name}: {m}")
