@@ -19,7 +19,7 @@ import sys
 from mask2former.checkpoint import Checkpointer
 from mask2former.engine.defaults import default_argument_parser, setup
 from mask2former.engine.evaluation import evaluate_model
-from mask2former.engine.launch import launch
+from mask2former.engine.launch import WorkerProcessError, launch
 from mask2former.engine.trainer import Trainer
 from mask2former.modeling.build import build_model
 from mask2former.modeling.test_time_augmentation import SemanticSegmentorWithTTA
@@ -29,7 +29,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = build_model(cfg)
-        Checkpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        Checkpointer.from_config(cfg, model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = evaluate_model(cfg, model)
         if cfg.TEST.AUG.ENABLED:
             results.update(evaluate_model(cfg, SemanticSegmentorWithTTA(cfg, model), tag="_TTA"))
@@ -68,11 +68,15 @@ if __name__ == "__main__":
     if args.engine == "detectron2":
         _run_detectron2_engine(args)
     else:
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
+        try:
+            launch(
+                main,
+                args.num_gpus,
+                num_machines=args.num_machines,
+                machine_rank=args.machine_rank,
+                dist_url=args.dist_url,
+                args=(args,),
+            )
+        except WorkerProcessError as e:
+            print(e.details, file=sys.stderr)
+            sys.exit(f"error: {e}")

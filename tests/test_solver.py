@@ -67,5 +67,11 @@ def test_linear_warmup_then_poly():
 def test_schedule_errors_name_the_key():
     with pytest.raises(ValueError, match="LR_SCHEDULER_NAME"):
         _lrs(_solver_cfg(LR_SCHEDULER_NAME="Cosine"), 1)
-    with pytest.raises(ValueError, match="STEPS"):
-        _lrs(_solver_cfg(STEPS=(50, 200)), 1)
+
+
+def test_steps_beyond_max_iter_are_dropped_with_one_warning(caplog):
+    with caplog.at_level("WARNING", logger="mask2former.solver.lr_scheduler"):
+        lrs = _lrs(_solver_cfg(MAX_ITER=6, STEPS=(3, 327778, 355092)), 6)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "327778" in warnings[0].getMessage()
+    assert lrs == pytest.approx([1.0, 1.0, 1.0, 0.1, 0.1, 0.1])  # the step within MAX_ITER is kept

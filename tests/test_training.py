@@ -12,33 +12,7 @@ import mask2former
 from mask2former.engine.evaluation import evaluate_model
 from mask2former.engine.trainer import Trainer
 from mask2former.modeling.build import build_model
-from training_utils import REPO_ROOT, make_dataset_root, write_config
-
-
-@pytest.fixture(scope="module")
-def dataset_root(datasets_root, tmp_path_factory, monkeypatch_module):
-    root = make_dataset_root(datasets_root, tmp_path_factory.mktemp("datasets"))
-    monkeypatch_module.setenv("DETECTRON2_DATASETS", str(root))
-    _reregister(root)
-    yield root
-    _reregister(None)
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as mp:
-        yield mp
-
-
-def _reregister(root):
-    from mask2former.data.catalog import DatasetCatalog, MetadataCatalog
-    from mask2former.data.datasets import BUILTIN_DATASET_NAMES, register_all
-
-    for name in BUILTIN_DATASET_NAMES:
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-    register_all(None if root is None else str(root))
+from training_utils import REPO_ROOT, write_config
 
 
 def _cfg(path):

@@ -74,6 +74,7 @@ from mask2former.data.image_io import read_image
 from mask2former.data.transforms import ResizeShortestEdge
 from mask2former.engine.trainer import Trainer
 from mask2former.layers import MSDeformAttn, ms_deform_attn, ms_deform_attn_compiled  # noqa: F401 (registers "compiled")
+from mask2former.utils.atomic_io import atomic_write
 from mask2former.utils.benchmark import (
     DTYPES,
     ModuleTimer,
@@ -298,7 +299,7 @@ def run_flops(args, settings: Sequence[Setting], images) -> Tuple[List[Dict], Di
         device = setting_device(args, setting)
         torch.manual_seed(args.seed)
         model = build_model(cfg).to(device).eval()
-        Checkpointer(model).load(cfg.MODEL.WEIGHTS)
+        Checkpointer.from_config(cfg, model).load(cfg.MODEL.WEIGHTS)
         resize = ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         totals, sizes, by_operator, unsupported = [], [], {}, {}
         with activate(setting):
@@ -743,7 +744,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     }
     print_report(env, settings, rows, compared)
     if args.output:
-        with open(args.output, "w") as f:
+        with atomic_write(args.output) as f:
             json.dump(report, f, indent=2, default=str)
         print(f"\nwrote {args.output}")
     return report

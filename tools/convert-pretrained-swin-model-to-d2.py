@@ -26,6 +26,8 @@ from typing import Dict
 
 import torch
 
+from mask2former.utils.atomic_io import atomic_write
+
 
 def is_backbone_key(name: str) -> bool:
     """Whether a Swin classification-model key exists in the detection backbone."""
@@ -52,7 +54,7 @@ def main(argv=None) -> None:
         raise ValueError(f"{args.input}: expected a dict with a 'model' state dict")
     state_dict = checkpoint["model"]
     model = convert(state_dict, args.prefix)
-    with open(args.output, "wb") as f:
+    with atomic_write(args.output, "wb") as f:
         pickle.dump({"model": model, "__author__": "third_party", "matching_heuristics": True}, f)
     print(f"Wrote {len(model)} of {len(state_dict)} tensors to {args.output}")
 

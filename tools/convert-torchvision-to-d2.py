@@ -25,6 +25,8 @@ from typing import Dict, Optional
 
 import torch
 
+from mask2former.utils.atomic_io import atomic_write
+
 _MODULES = {
     "conv1": "conv1",
     "conv2": "conv2",
@@ -68,7 +70,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     state_dict = torch.load(args.input, map_location="cpu", weights_only=True)
     model = convert(state_dict, args.prefix)
-    with open(args.output, "wb") as f:
+    with atomic_write(args.output, "wb") as f:
         pickle.dump({"model": model, "__author__": "torchvision", "matching_heuristics": True}, f)
     print(f"Wrote {len(model)} of {len(state_dict)} tensors to {args.output}")
 

@@ -27,11 +27,18 @@ from fvcore.common.config import CfgNode as _FvcoreCfgNode
 from iopath.common.file_io import g_pathmgr
 from yacs.config import CfgNode as _YacsCfgNode
 
-__all__ = ["CfgNode", "add_missing_keys"]
+__all__ = ["CfgNode", "add_missing_keys", "config_source"]
 
 logger = logging.getLogger(__name__)
 
 _OVERRIDES_SOURCE = "the override list"
+_SOURCE_ATTR = "_config_file"
+
+
+def config_source(cfg: _YacsCfgNode) -> str:
+    """The YAML file last merged into ``cfg`` with :meth:`CfgNode.merge_from_file` (kept by
+    ``clone()``), or ``"a config built in code"`` when there is none; for error messages."""
+    return cfg.__dict__.get(_SOURCE_ATTR, "a config built in code")
 
 
 class CfgNode(_FvcoreCfgNode):
@@ -61,6 +68,7 @@ class CfgNode(_FvcoreCfgNode):
                     f"version {self.VERSION} and configs are not upgraded automatically"
                 )
         self._merge_layers(layers)
+        self.__dict__[_SOURCE_ATTR] = str(cfg_filename)
 
     def merge_from_list(self, cfg_list: Sequence[Any]) -> None:
         """Merge ``[KEY1, VALUE1, KEY2, VALUE2, ...]``, e.g. trailing command-line overrides such as

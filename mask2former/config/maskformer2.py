@@ -52,7 +52,18 @@ def _maskformer2_defaults() -> CN:
     _C.SOLVER.AMP = CN()
     _C.SOLVER.AMP.PRECISION = "float16"
 
+    # -------------------------------------------------------------------------------------------
+    # Robustness (this project's additions)
+    # -------------------------------------------------------------------------------------------
+    # Skip training samples whose image or annotation cannot be read (warning + running count in
+    # the metrics) instead of stopping training with the error.
+    _C.DATALOADER = CN()
+    _C.DATALOADER.SKIP_CORRUPT_SAMPLES = False
+
     _C.MODEL = CN()
+    # Load MODEL.WEIGHTS even when it shares fewer than half of the model's tensors (names and
+    # shapes); by default that is an error, as it usually means the wrong file for the config.
+    _C.MODEL.ALLOW_PARTIAL_WEIGHTS = False
     # -------------------------------------------------------------------------------------------
     # MODEL.MASK_FORMER: transformer decoder, losses, inference
     # -------------------------------------------------------------------------------------------

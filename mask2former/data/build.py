@@ -44,6 +44,20 @@ def _is_empty(record: Dict) -> bool:
     return False
 
 
+SKIPPED_KEY = "_num_skipped_samples"
+_MAX_ATTEMPTS = 100
+
+
+class CorruptSampleError(RuntimeError):
+    """A training sample whose image or annotation could not be read or mapped; the message names
+    the image file (and the annotation file, when the record has one)."""
+
+
+def _describe(record: Dict) -> str:
+    files = [record.get(k) for k in ("file_name", "pan_seg_file_name", "sem_seg_file_name")]
+    return " / ".join(str(f) for f in files if f) or f"image_id {record.get('image_id')}"
+
+
 class SeededMapDataset(Dataset):
     """Applies ``mapper`` to dataset records with per-sample seeded randomness.
 
@@ -51,12 +65,19 @@ class SeededMapDataset(Dataset):
     ``(seed, sample_key)`` before mapping, so augmentations do not depend on worker count or on
     where training was resumed. A mapper returning None (e.g. a crop with no object left) is retried
     on other records drawn from the same seeded stream.
+
+    A record whose mapping fails (an image that cannot be decoded, an annotation that cannot be
+    parsed) raises :class:`CorruptSampleError` naming its files. With ``skip_corrupt`` it is
+    skipped with a warning instead, like a None, and the returned sample carries the number of
+    records skipped to produce it under :data:`SKIPPED_KEY`.
     """
 
-    def __init__(self, records: List[Dict], mapper: Callable[[Dict], Optional[Dict]], seed: int):
+    def __init__(self, records: List[Dict], mapper: Callable[[Dict], Optional[Dict]], seed: int,
+                 skip_corrupt: bool = False):
         self.records = records
         self.mapper = mapper
         self.seed = seed
+        self.skip_corrupt = skip_corrupt
 
     def __len__(self) -> int:
         return len(self.records)
@@ -64,16 +85,31 @@ class SeededMapDataset(Dataset):
     def __getitem__(self, item):
         index, sample_key = item
         rng = np.random.default_rng([self.seed, sample_key])
-        for _ in range(100):
+        skipped = 0
+        for _ in range(_MAX_ATTEMPTS):
             sample_seed = int(rng.integers(2**31))
             random.seed(sample_seed)
             np.random.seed(sample_seed)
             torch.manual_seed(sample_seed)
-            mapped = self.mapper(dict(self.records[index]))
+            record = self.records[index]
+            try:
+                mapped = self.mapper(dict(record))
+            except Exception as e:
+                message = f"Cannot load training sample {_describe(record)}: {type(e).__name__}: {e}"
+                if not self.skip_corrupt:
+                    raise CorruptSampleError(message) from e
+                logger.warning("%s; skipped (DATALOADER.SKIP_CORRUPT_SAMPLES is set)", message)
+                skipped += 1
+                mapped = None
             if mapped is not None:
+                if skipped:
+                    mapped[SKIPPED_KEY] = skipped
                 return mapped
             index = int(rng.integers(len(self.records)))
-        raise RuntimeError("The dataset mapper returned None for 100 records in a row")
+        raise RuntimeError(
+            f"No usable training sample in {_MAX_ATTEMPTS} records in a row ({skipped} could not be "
+            "read, the others were rejected by the dataset mapper)"
+        )
 
 
 class _MappedList(Dataset):
@@ -93,8 +129,11 @@ def _as_list(batch):
 
 def build_train_loader(records: List[Dict], mapper: Callable, *, total_batch_size: int,
                        num_workers: int = 0, seed: int = 0, start_iter: int = 0,
-                       aspect_ratio_grouping: bool = True) -> DataLoader:
+                       aspect_ratio_grouping: bool = True, skip_corrupt: bool = False) -> DataLoader:
     """Infinite training loader yielding lists of ``total_batch_size / world_size`` mapped dicts.
+
+    ``skip_corrupt``: skip samples that cannot be read instead of raising
+    :class:`CorruptSampleError` (see :class:`SeededMapDataset`).
 
     Raises:
         ValueError: if the total batch size is not divisible by the number of workers.
@@ -112,7 +151,7 @@ def build_train_loader(records: List[Dict], mapper: Callable, *, total_batch_siz
         group_by_aspect=aspect_ratio_grouping,
     )
     return DataLoader(
-        SeededMapDataset(records, mapper, seed),
+        SeededMapDataset(records, mapper, seed, skip_corrupt=skip_corrupt),
         batch_sampler=batch_sampler,
         num_workers=num_workers,
         collate_fn=_as_list,

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import torch
 
+from ..utils.atomic_io import atomic_write
 from ..config import get_cfg
 from ..utils import comm
 from ..utils.logger import setup_logger
@@ -53,7 +54,7 @@ def setup(args):
     logger.info("World size: %d, rank %d", comm.get_world_size(), rank)
     if comm.is_main_process():
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-        with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+        with atomic_write(os.path.join(cfg.OUTPUT_DIR, "config.yaml")) as f:
             f.write(cfg.dump())
     seed = cfg.SEED + rank
     random.seed(seed)

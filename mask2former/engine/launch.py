@@ -1,4 +1,9 @@
-"""Multi-process launch on PyTorch's own distributed engine (NCCL on GPU, gloo on CPU)."""
+"""Multi-process launch on PyTorch's own distributed engine (NCCL on GPU, gloo on CPU).
+
+If one worker process fails (an exception, or killed by a signal), the others are stopped (SIGTERM,
+then SIGKILL after 30 s if one does not end) and :func:`launch` raises :class:`WorkerProcessError`
+naming the failing rank and its error, instead of leaving the survivors waiting in a collective.
+"""
 import logging
 import os
 import socket
@@ -8,10 +13,25 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
+
+
+class WorkerProcessError(RuntimeError):
+    """A worker process of :func:`launch` failed; the other workers on this machine were stopped.
+
+    Attributes:
+        rank: global rank of the failed process.
+        details: its traceback (exception) or exit status (signal), as text.
+    """
+
+    def __init__(self, message: str, rank: int, details: str):
+        super().__init__(message)
+        self.rank = rank
+        self.details = details
 
 
 def _free_port() -> int:
@@ -36,6 +56,7 @@ def launch(main_func, num_gpus_per_machine: int, num_machines: int = 1, machine_
 
     Raises:
         ValueError: for "auto" with several machines, or more processes than visible GPUs.
+        WorkerProcessError: a spawned worker raised or was killed (the others are stopped first).
     """
     if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -53,12 +74,25 @@ def launch(main_func, num_gpus_per_machine: int, num_machines: int = 1, machine_
         raise ValueError(
             f"--num-gpus {num_gpus_per_machine} but only {torch.cuda.device_count()} GPUs are visible"
         )
-    mp.start_processes(
-        _worker,
-        nprocs=num_gpus_per_machine,
-        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
-        daemon=False,
-    )
+    try:
+        mp.start_processes(
+            _worker,
+            nprocs=num_gpus_per_machine,
+            args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
+            daemon=False,
+        )
+    except (ProcessRaisedException, ProcessExitedException) as e:
+        rank = machine_rank * num_gpus_per_machine + e.error_index
+        if isinstance(e, ProcessRaisedException):
+            details = e.msg.strip()
+            cause = f"failed with {details.splitlines()[-1]}"
+        else:
+            details = str(e)
+            cause = f"was killed by {e.signal_name}" if e.signal_name else f"exited with code {e.exit_code}"
+        raise WorkerProcessError(
+            f"training process rank {rank} (pid {e.pid}) {cause}; the other processes were stopped",
+            rank, details,
+        ) from None
 
 
 def _init_process_group(dist_url, world_size, rank, local_rank, timeout):

@@ -54,7 +54,7 @@ class Predictor:
             logging.getLogger(__name__).warning(
                 "MODEL.WEIGHTS is empty: predicting with random weights"
             )
-        Checkpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        Checkpointer.from_config(cfg, self.model).load(cfg.MODEL.WEIGHTS)
         self.resize = ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
 
     def __call__(self, original_image: np.ndarray) -> Dict:

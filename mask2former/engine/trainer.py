@@ -3,11 +3,17 @@
 One iteration: next batch -> forward under autocast (fp16 with loss scaling, or bf16) -> sum of
 weighted losses -> backward -> unscale + gradient clipping -> optimizer and lr-scheduler step.
 Checkpoints every ``SOLVER.CHECKPOINT_PERIOD`` hold the model, optimizer, scheduler, grad scaler,
-iteration and RNG states, so ``--resume`` continues exactly where training stopped.
+iteration and RNG states, so ``--resume`` continues exactly where training stopped; they are
+written atomically, so a run killed at any moment resumes bitwise as if uninterrupted.
+
+With ``DATALOADER.SKIP_CORRUPT_SAMPLES``, samples that cannot be read are skipped (the loader logs
+each) and ``data/skipped_samples`` in the metrics counts them over the whole run.
 """
 import logging
 import random
+import re
 import time
+import warnings
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -15,7 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import Checkpointer
-from ..data.build import build_train_loader, get_dataset_dicts
+from ..data.build import SKIPPED_KEY, build_train_loader, get_dataset_dicts
 from ..data.dataset_mappers import build_dataset_mapper
 from ..modeling.build import build_model
 from ..solver import build_lr_scheduler, build_optimizer
@@ -71,13 +77,14 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(
             cfg.MODEL.DEVICE.split(":")[0], enabled=amp.ENABLED and amp.PRECISION == "float16"
         )
-        self.checkpointer = Checkpointer(
-            self._unwrapped, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(),
+        self.checkpointer = Checkpointer.from_config(
+            cfg, self._unwrapped, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(),
             optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
         )
         self.start_iter = 0
         self.iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
+        self.skipped_samples = 0
 
     @property
     def _unwrapped(self) -> torch.nn.Module:
@@ -91,6 +98,7 @@ class Trainer:
             self.start_iter = extra["iteration"] + 1
             if "rng" in extra:
                 _set_rng_state(extra["rng"])
+            self.skipped_samples = extra.get("skipped_samples", 0)
             logger.info("Resumed from iteration %d", extra["iteration"])
         elif self.cfg.MODEL.WEIGHTS:
             self.checkpointer.load(self.cfg.MODEL.WEIGHTS, checkpointables=[])
@@ -107,6 +115,7 @@ class Trainer:
             seed=cfg.SEED if cfg.SEED >= 0 else 0,
             start_iter=self.start_iter,
             aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+            skip_corrupt=cfg.DATALOADER.SKIP_CORRUPT_SAMPLES,
         )
 
     def run_step(self, batch: List[Dict]) -> Dict[str, float]:
@@ -121,14 +130,38 @@ class Trainer:
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
         clip_gradients(self.cfg, self.model)
+        scale = self.scaler.get_scale()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
+        self._step_scheduler(skipped=self.scaler.get_scale() < scale)
         values = {k: v.detach() for k, v in loss_dict.items()}
         values = comm.reduce_dict(values) if comm.get_world_size() > 1 else values
         values = {k: float(v) for k, v in values.items()}
         values["total_loss"] = sum(values.values())
         return values
+
+    def _step_scheduler(self, skipped: bool) -> None:
+        """Advance the lr schedule, a function of the iteration, also when fp16 loss scaling skipped
+        the optimizer step (inf/NaN gradients; the scale was lowered), as Detectron2 does. Only
+        then is torch's "lr_scheduler.step() before optimizer.step()" warning expected and muted:
+        the first iterations of an fp16 run usually overflow at the initial scale of 2^16."""
+        if not skipped:
+            self.scheduler.step()
+            return
+        logger.info("Iteration %d: optimizer step skipped by fp16 loss scaling (inf/NaN gradients); "
+                    "loss scale lowered to %g", self.iter, self.scaler.get_scale())
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+            self.scheduler.step()
+
+    def _count_skipped(self, batch: List[Dict]) -> int:
+        """Remove the loader's skipped-sample counts from ``batch``; the total over all ranks."""
+        local = sum(sample.pop(SKIPPED_KEY, 0) for sample in batch)
+        if comm.get_world_size() == 1:
+            return local
+        count = torch.tensor(float(local), device=self.cfg.MODEL.DEVICE)
+        total = comm.reduce_dict({"skipped": count}, average=False)["skipped"]
+        return int(total)
 
     def train(self) -> Optional[Dict]:
         """Run iterations ``start_iter .. MAX_ITER - 1`` with checkpoints every
@@ -149,14 +182,19 @@ class Trainer:
                 start = time.perf_counter()
                 batch = next(loader)
                 data_time = time.perf_counter() - start
+                counts = {}
+                if cfg.DATALOADER.SKIP_CORRUPT_SAMPLES:
+                    self.skipped_samples += self._count_skipped(batch)
+                    counts["data/skipped_samples"] = self.skipped_samples
                 values = self.run_step(batch)
                 if comm.is_main_process():
-                    writer.put(self.iter, **values, lr=self.optimizer.param_groups[0]["lr"],
+                    writer.put(self.iter, latest=counts, **values, lr=self.optimizer.param_groups[0]["lr"],
                                data_time=data_time, time=time.perf_counter() - start)
                 last = self.iter == self.max_iter - 1
                 if (self.iter + 1) % cfg.SOLVER.CHECKPOINT_PERIOD == 0 or last:
                     name = "model_final" if last else f"model_{self.iter:07d}"
-                    self.checkpointer.save(name, iteration=self.iter, rng=_rng_state())
+                    self.checkpointer.save(name, iteration=self.iter, rng=_rng_state(),
+                                           skipped_samples=self.skipped_samples)
                 periodic = cfg.TEST.EVAL_PERIOD > 0 and (self.iter + 1) % cfg.TEST.EVAL_PERIOD == 0
                 if (periodic or last) and len(cfg.DATASETS.TEST):
                     results = evaluate_model(cfg, self._unwrapped)

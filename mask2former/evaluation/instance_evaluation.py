@@ -15,6 +15,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..utils.atomic_io import atomic_write
 from mask2former.utils import comm
 
 from .evaluator import DatasetEvaluator
@@ -237,7 +238,7 @@ class COCOEvaluator(DatasetEvaluator):
             os.makedirs(self._output_dir, exist_ok=True)
             file_path = os.path.join(self._output_dir, "coco_instances_results.json")
             logger.info("Saving results to %s", file_path)
-            with open(file_path, "w") as f:
+            with atomic_write(file_path) as f:
                 json.dump(predictions, f)
         if not predictions:
             logger.warning("[COCOEvaluator] Did not receive valid predictions.")

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..utils.atomic_io import atomic_write
 from mask2former.utils import comm
 
 from .evaluator import DatasetEvaluator
@@ -207,10 +208,10 @@ class COCOPanopticEvaluator(DatasetEvaluator):
             logger.info("Writing %d panoptic predictions to %s", len(predictions), pred_dir)
             annotations = []
             for prediction in predictions:
-                with open(os.path.join(pred_dir, prediction["file_name"]), "wb") as f:
+                with atomic_write(os.path.join(pred_dir, prediction["file_name"]), "wb") as f:
                     f.write(prediction["png_string"])
                 annotations.append({k: v for k, v in prediction.items() if k != "png_string"})
-            with open(pred_json_file, "w") as f:
+            with atomic_write(pred_json_file) as f:
                 json.dump(dict(gt_json, annotations=annotations), f)
 
             pq_res = pq_compute(

@@ -11,6 +11,7 @@ import pycocotools.mask as mask_util
 import torch
 from PIL import Image
 
+from ..utils.atomic_io import atomic_write
 from mask2former.utils import comm
 
 from .evaluator import DatasetEvaluator
@@ -190,7 +191,7 @@ class SemSegEvaluator(DatasetEvaluator):
 
         if self._output_dir:
             os.makedirs(self._output_dir, exist_ok=True)
-            with open(os.path.join(self._output_dir, "sem_seg_predictions.json"), "w") as f:
+            with atomic_write(os.path.join(self._output_dir, "sem_seg_predictions.json")) as f:
                 json.dump(predictions, f)
 
         k = self._num_classes
@@ -219,7 +220,8 @@ class SemSegEvaluator(DatasetEvaluator):
         res.update({f"ACC-{name}": 100 * float(acc[i]) for i, name in enumerate(self._class_names)})
 
         if self._output_dir:
-            torch.save(res, os.path.join(self._output_dir, "sem_seg_evaluation.pth"))
+            with atomic_write(os.path.join(self._output_dir, "sem_seg_evaluation.pth"), "wb") as f:
+                torch.save(res, f)
         logger.info(
             "Semantic segmentation results:\n"
             + create_small_table({m: res[m] for m in ("mIoU", "fwIoU", "mACC", "pACC")})

@@ -4,6 +4,8 @@
 instance/panoptic) and ``WarmupPolyLR`` (``(1 - t)^POLY_LR_POWER``, used for semantic configs),
 both with linear or constant warm-up over ``WARMUP_ITERS`` starting at ``WARMUP_FACTOR``.
 """
+import logging
+
 import torch
 from fvcore.common.param_scheduler import (
     CompositeParamScheduler,
@@ -13,6 +15,8 @@ from fvcore.common.param_scheduler import (
     ParamScheduler,
     PolynomialDecayParamScheduler,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class WarmupParamScheduler(CompositeParamScheduler):
@@ -68,15 +72,21 @@ class _PolyWithConstantEnding(PolynomialDecayParamScheduler):
 def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> LRMultiplier:
     """Build ``SOLVER.LR_SCHEDULER_NAME`` ("WarmupMultiStepLR" or "WarmupPolyLR") for ``optimizer``.
 
+    ``SOLVER.STEPS`` beyond ``MAX_ITER`` are dropped with a warning, as in Detectron2 (so a short
+    trial run of a published config needs no schedule edits).
+
     Raises:
-        ValueError: for an unknown name or steps beyond ``MAX_ITER``.
+        ValueError: for an unknown schedule name.
     """
     solver = cfg.SOLVER
     name = solver.LR_SCHEDULER_NAME
     if name == "WarmupMultiStepLR":
         steps = [s for s in solver.STEPS if s <= solver.MAX_ITER]
         if len(steps) != len(solver.STEPS):
-            raise ValueError(f"SOLVER.STEPS={tuple(solver.STEPS)} go beyond SOLVER.MAX_ITER={solver.MAX_ITER}")
+            logger.warning(
+                "SOLVER.STEPS=%s go beyond SOLVER.MAX_ITER=%d; the steps after MAX_ITER are ignored",
+                tuple(solver.STEPS), solver.MAX_ITER,
+            )
         scheduler = MultiStepParamScheduler(
             values=[solver.GAMMA**k for k in range(len(steps) + 1)],
             milestones=steps,

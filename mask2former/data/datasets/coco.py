@@ -9,7 +9,7 @@ import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 
 from ..catalog import DatasetCatalog, MetadataCatalog
-from ._paths import require_dir, require_file
+from ._paths import read_json, require_dir, require_file
 from .box_mode import BoxMode
 
 __all__ = ["COCO_LAYOUT", "load_coco_json", "register_coco_instances"]
@@ -79,12 +79,15 @@ def load_coco_json(
     Raises:
         FileNotFoundError: ``json_file`` or ``image_root`` missing.
         KeyError: an annotation's category id is not in the category map.
-        ValueError: an annotation has an empty bbox or the ``ignore`` flag.
+        ValueError: ``json_file`` cannot be parsed, or an annotation has an empty bbox or the
+            ``ignore`` flag.
     """
     require_file(json_file, layout)
     require_dir(image_root, layout)
+    coco_api = COCO()
+    coco_api.dataset = read_json(json_file, required_keys=("images", "annotations", "categories"))
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_api = COCO(json_file)
+        coco_api.createIndex()
     id_map = _contiguous_id_map(coco_api, dataset_name) if dataset_name else None
 
     keys = ["iscrowd", "bbox", "category_id"] + list(extra_annotation_keys or [])

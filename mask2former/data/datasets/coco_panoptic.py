@@ -2,12 +2,11 @@
 
 Used for COCO panoptic and for ADE20K panoptic (same format).
 """
-import json
 import os
 from typing import List, Optional
 
 from ..catalog import DatasetCatalog, MetadataCatalog
-from ._paths import require_dir, require_file
+from ._paths import read_json, require_dir, require_file
 
 __all__ = [
     "load_coco_panoptic_json",
@@ -65,14 +64,14 @@ def load_coco_panoptic_json(
     Raises:
         FileNotFoundError: the json, a folder, or the first image / PNG is missing.
         KeyError: a segment's category id is not in ``meta``.
+        ValueError: ``json_file`` cannot be parsed.
     """
     require_file(json_file, layout)
     require_dir(image_dir, layout)
     require_dir(gt_dir, layout)
     if semseg_dir is not None:
         require_dir(semseg_dir, layout)
-    with open(json_file) as f:
-        json_info = json.load(f)
+    json_info = read_json(json_file, required_keys=("images", "annotations"))
     images = {img["id"]: img for img in json_info["images"]}
 
     ret = []

@@ -21,6 +21,7 @@ import pycocotools.mask as mask_util
 import tqdm
 from PIL import Image
 
+from ...utils.atomic_io import atomic_write
 from ..panoptic_format import id2rgb, rgb2id
 from ._paths import require_dir, require_file
 from .builtin_meta import (
@@ -69,7 +70,8 @@ def _panoptic_png_to_semantic(
     out = np.full(ids.shape, 255, dtype=np.uint8)
     for seg in segments:
         out[ids == seg["id"]] = id_map[seg["category_id"]]
-    Image.fromarray(out).save(dst)
+    with atomic_write(dst, "wb") as f:
+        Image.fromarray(out).save(f, format="PNG")
 
 
 def _run(fn, jobs: List, workers: int, desc: str) -> None:
@@ -260,7 +262,8 @@ def ade20k_panoptic_from_instances(
                         "iscrowd": 0,
                     }
                 )
-        Image.fromarray(id2rgb(pan)).save(os.path.join(out_folder, image["id"] + ".png"))
+        with atomic_write(os.path.join(out_folder, image["id"] + ".png"), "wb") as f:
+            Image.fromarray(id2rgb(pan)).save(f, format="PNG")
         annotations.append(
             {"image_id": image["id"], "file_name": image["id"] + ".png", "segments_info": segments}
         )
@@ -268,7 +271,7 @@ def ade20k_panoptic_from_instances(
         {"id": row[0], "name": row[1], "isthing": row[2], "color": list(row[3])}
         for row in ADE20K_150_CATEGORIES
     ]
-    with open(out_json, "w") as f:
+    with atomic_write(out_json) as f:
         json.dump({"images": images, "annotations": annotations, "categories": categories_json}, f)
     return len(images)
 
@@ -307,7 +310,7 @@ def ade20k_instance_json(image_dir: str, instance_dir: str, out_json: str) -> in
                 }
             )
     categories = [{"id": row[0], "name": row[1]} for row in ADE20K_INSTANCE_CATEGORIES]
-    with open(out_json, "w") as f:
+    with atomic_write(out_json) as f:
         json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
     return len(annotations)
 
