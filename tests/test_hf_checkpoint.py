@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from mask2former.checkpoint import Checkpointer
 from mask2former.checkpoint.hf_config import hf_metadata_name
 from mask2former.checkpoint.hf_directory import read_hf_directory, resolve_hf_weights
+from mask2former.checkpoint.hf_format import hf_to_original
 from mask2former.config import get_cfg
 from mask2former.data.catalog import MetadataCatalog
 from mask2former.modeling.build import build_model
@@ -34,10 +35,16 @@ THIN_NAMES = ["cat", "dog", "tree", "sky", "road"]
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("convert_hf_checkpoint", REPO / "tools" / "convert_hf_checkpoint.py")
+    path = REPO / "tools" / "convert_hf_checkpoint.py"
+    spec = importlib.util.spec_from_file_location("convert_hf_checkpoint", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _fixture_to_hf_argv(root: Path):
+    """``convert_hf_checkpoint.py`` arguments converting the fixture in ``root`` (add ``-o``)."""
+    return ["to-hf", "--config-file", str(root / "config.yaml"), "--weights", str(root / "model.pkl")]
 
 
 def _transformers():
@@ -106,7 +113,8 @@ def _hf_model(kind: str):
         )
         head = dict(
             feature_size=64, mask_feature_size=32, hidden_dim=96, dim_feedforward=96,
-            num_queries=12, decoder_layers=4, encoder_layers=1, num_attention_heads=4, pre_norm=True,
+            num_queries=12, decoder_layers=4, encoder_layers=1, num_attention_heads=4,
+            pre_norm=True,
         )
     config = transformers.Mask2FormerConfig(
         backbone_config=backbone,
@@ -160,6 +168,28 @@ def test_hf_checkpoint_loads_here_with_the_same_outputs(tmp_path, reference_dir,
         assert result["panoptic_seg"][0].shape == (120, 150)
 
 
+def test_weight_file_variants_give_the_same_weights(tmp_path):
+    """model.safetensors, a sharded index, pytorch_model.bin, and transformers' in-memory module
+    names (q_proj, mlp.fc1, swin.*: not the hub's file layout) all give the same weights."""
+    hf_model, _ = _hf_model("thin")
+    hf_model.save_pretrained(tmp_path / "single")
+    hf_model.save_pretrained(tmp_path / "sharded", max_shard_size="1MB")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_text((tmp_path / "single" / "config.json").read_text())
+    torch.save(hf_model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+
+    expected = hf_to_original(read_hf_directory(str(tmp_path / "single"))[2])
+    assert resolve_hf_weights(str(tmp_path / "sharded")).endswith("model.safetensors.index.json")
+    for variant in ("sharded", "bin"):
+        weights = hf_to_original(read_hf_directory(str(tmp_path / variant))[2])
+        assert weights.keys() == expected.keys(), variant
+        assert all(torch.equal(weights[k], expected[k]) for k in expected), variant
+    assert any(".attention.q_proj." in k for k in hf_model.state_dict())
+    in_memory = hf_to_original(hf_model.state_dict())
+    assert in_memory.keys() == expected.keys()
+    assert all(torch.equal(in_memory[k], expected[k]) for k in expected)
+
+
 def test_our_swin_T_converts_to_transformers(tmp_path, crop):
     transformers = _transformers()
     cfg = get_cfg()
@@ -174,7 +204,8 @@ def test_our_swin_T_converts_to_transformers(tmp_path, crop):
 
     hf_dir = tmp_path / "hf"
     config = str(REPO / "configs" / "coco" / "panoptic" / "swin_T.yaml")
-    assert _tool().main(["to-hf", "--config-file", config, "--weights", str(pkl), "-o", str(hf_dir)]) == 0
+    argv = ["to-hf", "--config-file", config, "--weights", str(pkl), "-o", str(hf_dir)]
+    assert _tool().main(argv) == 0
     hf_model, info = transformers.Mask2FormerForUniversalSegmentation.from_pretrained(
         hf_dir, output_loading_info=True
     )
@@ -188,17 +219,20 @@ def test_fixture_converts_and_transformers_reproduces_the_original(tmp_path, ref
     transformers = _transformers()
     root = reference_dir / FIXTURE
     hf_dir = tmp_path / "hf"
-    argv = ["to-hf", "--config-file", str(root / "config.yaml"), "--weights", str(root / "model.pkl")]
+    argv = _fixture_to_hf_argv(root)
     assert _tool().main(argv + ["-o", str(hf_dir)]) == 0
     hf_model = transformers.Mask2FormerForUniversalSegmentation.from_pretrained(hf_dir).eval()
     for path in sorted(root.glob("*.npz")):
         npz = np.load(path)
         with torch.no_grad():
             out = hf_model(pixel_values=_padded_input(npz["image"]), output_auxiliary_logits=True)
-        _assert_close(f"{path.stem} class logits", out.class_queries_logits[0], torch.from_numpy(npz["pred_logits"]))
-        _assert_close(f"{path.stem} mask logits", out.masks_queries_logits[0], torch.from_numpy(npz["pred_masks"]))
+        expected = {k: torch.from_numpy(npz[k]) for k in npz.files if k.endswith(("_logits", "_masks"))}
+        _assert_close(f"{path.stem} class logits", out.class_queries_logits[0], expected["pred_logits"])
+        _assert_close(f"{path.stem} mask logits", out.masks_queries_logits[0], expected["pred_masks"])
+        assert len(out.auxiliary_logits) == 3
         for i, aux in enumerate(out.auxiliary_logits):
-            _assert_close(f"{path.stem} aux{i}", aux["class_queries_logits"][0], torch.from_numpy(npz[f"aux{i}_pred_logits"]))
+            _assert_close(f"{path.stem} aux{i}", aux["class_queries_logits"][0], expected[f"aux{i}_pred_logits"])
+            _assert_close(f"{path.stem} aux{i}", aux["masks_queries_logits"][0], expected[f"aux{i}_pred_masks"])
 
 
 def test_fixture_round_trip_is_exact_and_config_matches(tmp_path, reference_dir):
@@ -207,9 +241,10 @@ def test_fixture_round_trip_is_exact_and_config_matches(tmp_path, reference_dir)
     root = reference_dir / FIXTURE
     tool = _tool()
     hf_dir, pkl, yaml_path = tmp_path / "hf", tmp_path / "back.pkl", tmp_path / "back.yaml"
-    argv = ["to-hf", "--config-file", str(root / "config.yaml"), "--weights", str(root / "model.pkl")]
+    argv = _fixture_to_hf_argv(root)
     assert tool.main(argv + ["-o", str(hf_dir)]) == 0
-    assert tool.main(["to-pkl", str(hf_dir), "-o", str(pkl), "--yaml", str(yaml_path), "--task", "instance"]) == 0
+    argv = ["to-pkl", str(hf_dir), "-o", str(pkl), "--yaml", str(yaml_path), "--task", "instance"]
+    assert tool.main(argv) == 0
     with open(root / "model.pkl", "rb") as f:
         original = pickle.load(f)["model"]
     with open(pkl, "rb") as f:
@@ -232,14 +267,16 @@ def test_fixture_round_trip_is_exact_and_config_matches(tmp_path, reference_dir)
     assert list(ours.DATASETS.TEST) == ["coco_2017_val"]  # the fixture's 80 COCO classes
 
 
-def test_hf_uri_uses_the_cache_offline_and_names_the_repo_otherwise(tmp_path, reference_dir, monkeypatch):
-    hub = pytest.importorskip("huggingface_hub.constants", reason="huggingface_hub is needed for hf://")
+def test_hf_uri_uses_the_cache_offline_and_names_the_repo_otherwise(
+    tmp_path, reference_dir, monkeypatch
+):
+    hub = pytest.importorskip("huggingface_hub.constants", reason="hf:// needs huggingface_hub")
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "cache"))
     root = reference_dir / FIXTURE
     revision = "0" * 40
     snapshot = tmp_path / "cache" / "models--someone--thin-swin" / "snapshots" / revision
-    argv = ["to-hf", "--config-file", str(root / "config.yaml"), "--weights", str(root / "model.pkl")]
+    argv = _fixture_to_hf_argv(root)
     assert _tool().main(argv + ["-o", str(snapshot)]) == 0
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text(revision)
@@ -257,14 +294,14 @@ def test_clear_errors(tmp_path, reference_dir):
     root = reference_dir / FIXTURE
     tool = _tool()
     hf_dir = tmp_path / "hf"
-    argv = ["to-hf", "--config-file", str(root / "config.yaml"), "--weights", str(root / "model.pkl")]
+    argv = _fixture_to_hf_argv(root)
     assert tool.main(argv + ["-o", str(hf_dir)]) == 0
     assert tool.main(argv + ["-o", str(hf_dir)]) == 1  # exists: nothing overwritten
     with pytest.raises(FileExistsError, match="not an empty directory"):
         tool.cfg_to_hf(str(root / "config.yaml"), str(root / "model.pkl"), str(hf_dir), None, [])
 
     r50 = REPO / "configs" / "coco" / "panoptic" / "R50.yaml"
-    with pytest.raises(ValueError, match="MODEL.BACKBONE.NAME is 'build_resnet_backbone'; only Swin"):
+    with pytest.raises(ValueError, match="BACKBONE.NAME is 'build_resnet_backbone'; only Swin"):
         tool.cfg_to_hf(str(r50), str(root / "model.pkl"), str(tmp_path / "r50"), None, [])
     assert not (tmp_path / "r50").exists()
 

@@ -4,7 +4,8 @@
 Hugging Face -> here (``SRC`` is a ``save_pretrained`` directory or ``hf://ORG/NAME``)::
 
     # a config that loads the checkpoint as it is (MODEL.WEIGHTS = SRC):
-    python tools/convert_hf_checkpoint.py to-yaml hf://facebook/mask2former-swin-tiny-coco-instance -o swin_t.yaml
+    python tools/convert_hf_checkpoint.py to-yaml \\
+        hf://facebook/mask2former-swin-tiny-coco-instance -o swin_t.yaml
     # or a model-zoo .pkl plus its config (MODEL.WEIGHTS = the .pkl):
     python tools/convert_hf_checkpoint.py to-pkl DIR -o model.pkl --yaml model.yaml
 
@@ -104,8 +105,8 @@ def hf_to_yaml(
     dataset = cfg_dict["DATASETS"]["TEST"][0]
     if weights and dataset == hf_metadata_name(hf_class_names(hf_config)):
         print(
-            f"note: the class names are not those of a built-in dataset; '{dataset}' gets them when "
-            f"the weights load from {source}, not from {weights}",
+            f"note: the class names are not those of a built-in dataset; '{dataset}' gets them "
+            f"when the weights load from {source}, not from {weights}",
             file=sys.stderr,
         )
     return cfg_dict
@@ -134,7 +135,9 @@ def _class_names(cfg, path: Optional[str]) -> List[str]:
         with open(path, encoding="utf-8") as f:
             names = [line.strip() for line in f if line.strip()]
         if len(names) != count:
-            raise ValueError(f"{path}: {len(names)} class names for MODEL.SEM_SEG_HEAD.NUM_CLASSES = {count}")
+            raise ValueError(
+                f"{path}: {len(names)} class names for MODEL.SEM_SEG_HEAD.NUM_CLASSES = {count}"
+            )
         return names
     from mask2former.data import datasets  # noqa: F401  (registers the built-in names)
     from mask2former.data.catalog import MetadataCatalog
@@ -149,7 +152,9 @@ def _class_names(cfg, path: Optional[str]) -> List[str]:
     )
 
 
-def cfg_to_hf(config_file: str, weights: Optional[str], output: str, names_file: Optional[str], opts) -> None:
+def cfg_to_hf(
+    config_file: str, weights: Optional[str], output: str, names_file: Optional[str], opts
+) -> None:
     """Build our model of ``config_file``, load ``weights`` (strict) and write it as a Hugging
     Face directory ``output``."""
     import torch
@@ -170,7 +175,9 @@ def cfg_to_hf(config_file: str, weights: Optional[str], output: str, names_file:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     to_yaml = sub.add_parser("to-yaml", help="config for a Hugging Face checkpoint")
     to_pkl = sub.add_parser("to-pkl", help="Hugging Face checkpoint -> model-zoo .pkl")

@@ -67,7 +67,9 @@ def class_names(hf_config: Mapping[str, Any]) -> List[str]:
     """
     id2label = {int(k): str(v) for k, v in (hf_config.get("id2label") or {}).items()}
     if sorted(id2label) != list(range(len(id2label))) or not id2label:
-        raise ValueError(f"config.json: id2label must map the ids 0..K-1 to names; got ids {sorted(id2label)[:5]}...")
+        raise ValueError(
+            f"config.json: id2label must map the ids 0..K-1 to names; got ids {sorted(id2label)[:5]}..."
+        )
     return [id2label[i] for i in range(len(id2label))]
 
 
@@ -119,7 +121,24 @@ def _datasets_for(names: Sequence[str], task: str) -> Tuple[str, str]:
 
 def _require(source: str, field: str, value: Any, expected: Any) -> None:
     if value != expected:
-        raise ValueError(f"{source}: {field} is {value!r}; only {expected!r} converts to this project's Mask2Former")
+        raise ValueError(
+            f"{source}: {field} is {value!r}; only {expected!r} converts to this project's "
+            "Mask2Former"
+        )
+
+
+# config.json fields -> (default, the only value that converts); "backbone_config." ones nested.
+_HF_FIXED = {
+    "model_type": (None, "mask2former"),
+    "backbone_config.use_absolute_embeddings": (False, False),
+    "backbone_config.out_features": (None, _STAGES),
+    "backbone_config.hidden_act": ("gelu", "gelu"),
+    "backbone_config.num_channels": (3, 3),
+    "backbone_config.layer_norm_eps": (1e-5, 1e-5),
+    "encoder_feedforward_dim": (_ENCODER_FFN, _ENCODER_FFN),
+    "activation_function": ("relu", "relu"),
+    "feature_strides": ([4, 8, 16, 32], [4, 8, 16, 32]),
+}
 
 
 def check_hf_config(hf_config: Mapping[str, Any], source: str) -> Mapping[str, Any]:
@@ -129,23 +148,18 @@ def check_hf_config(hf_config: Mapping[str, Any], source: str) -> Mapping[str, A
         ValueError: naming the first field that does not convert (see module doc).
     """
     backbone = hf_config.get("backbone_config") or {}
-    if hf_config.get("use_timm_backbone") or hf_config.get("backbone") or backbone.get("model_type") != "swin":
-        kind = backbone.get("model_type") or hf_config.get("backbone") or "none"
+    kind = backbone.get("model_type") or hf_config.get("backbone") or "none"
+    if hf_config.get("use_timm_backbone") or hf_config.get("backbone") or kind != "swin":
         raise ValueError(
             f"{source}: backbone '{kind}' is not supported; only Swin backbones "
             "(backbone_config.model_type 'swin') convert. ResNet/timm backbones loaded through "
             "AutoBackbone have another layout than this project's ResNet"
         )
-    _require(source, "model_type", hf_config.get("model_type"), "mask2former")
-    _require(source, "backbone_config.use_absolute_embeddings", backbone.get("use_absolute_embeddings", False), False)
-    _require(source, "backbone_config.out_features", list(backbone.get("out_features") or []), _STAGES)
-    _require(source, "backbone_config.hidden_act", backbone.get("hidden_act", "gelu"), "gelu")
-    _require(source, "backbone_config.num_channels", backbone.get("num_channels", 3), 3)
-    _require(source, "backbone_config.layer_norm_eps", backbone.get("layer_norm_eps", 1e-5), 1e-5)
-    _require(source, "number of backbone_config.depths", len(backbone.get("depths", [2, 2, 6, 2])), 4)
-    _require(source, "encoder_feedforward_dim", hf_config.get("encoder_feedforward_dim", _ENCODER_FFN), _ENCODER_FFN)
-    _require(source, "activation_function", hf_config.get("activation_function", "relu"), "relu")
-    _require(source, "feature_strides", list(hf_config.get("feature_strides", [4, 8, 16, 32])), [4, 8, 16, 32])
+    for field, (default, expected) in _HF_FIXED.items():
+        section, _, key = field.rpartition(".")
+        value = (backbone if section else hf_config).get(key, default)
+        _require(source, field, list(value) if isinstance(value, (list, tuple)) else value, expected)
+    _require(source, "len(backbone_config.depths)", len(backbone.get("depths", [2, 2, 6, 2])), 4)
     return backbone
 
 
@@ -179,8 +193,8 @@ def cfg_dict_from_hf(
     names = class_names(hf_config)
     train, test = _datasets_for(names, task)
     preprocessor = preprocessor or {}
-    mean = [round(255.0 * v, 4) for v in preprocessor.get("image_mean", [m / 255 for m in _IMAGENET_MEAN])]
-    std = [round(255.0 * v, 4) for v in preprocessor.get("image_std", [s / 255 for s in _IMAGENET_STD])]
+    mean = [round(255.0 * v, 4) for v in preprocessor.get("image_mean", [])] or _IMAGENET_MEAN
+    std = [round(255.0 * v, 4) for v in preprocessor.get("image_std", [])] or _IMAGENET_STD
     heads = int(hf_config.get("num_attention_heads", 8))
     return {
         "MODEL": {
@@ -266,35 +280,37 @@ def _check_cfg(cfg, source: str) -> None:
             "('D2SwinTransformer') convert to Hugging Face Mask2Former (its ResNet/timm backbones "
             "have another layout)"
         )
-    checks = [
-        ("MODEL.META_ARCHITECTURE", model.META_ARCHITECTURE, "MaskFormer"),
-        ("INPUT.FORMAT", cfg.INPUT.FORMAT, "RGB"),
-        ("MODEL.SWIN.APE", model.SWIN.APE, False),
-        ("MODEL.SWIN.PATCH_NORM", model.SWIN.PATCH_NORM, True),
-        ("MODEL.SWIN.QK_SCALE", model.SWIN.QK_SCALE, None),
-        ("MODEL.SWIN.OUT_FEATURES", list(model.SWIN.OUT_FEATURES), _RES),
-        ("MODEL.SEM_SEG_HEAD.NAME", model.SEM_SEG_HEAD.NAME, "MaskFormerHead"),
-        ("MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME", model.SEM_SEG_HEAD.PIXEL_DECODER_NAME, "MSDeformAttnPixelDecoder"),
-        ("MODEL.SEM_SEG_HEAD.NORM", model.SEM_SEG_HEAD.NORM, "GN"),
-        ("MODEL.SEM_SEG_HEAD.IN_FEATURES", list(model.SEM_SEG_HEAD.IN_FEATURES), _RES),
-        (
-            "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES",
-            list(model.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES),
+    head = model.SEM_SEG_HEAD
+    fixed = {
+        "MODEL.META_ARCHITECTURE": (model.META_ARCHITECTURE, "MaskFormer"),
+        "INPUT.FORMAT": (cfg.INPUT.FORMAT, "RGB"),
+        "MODEL.SWIN.APE": (model.SWIN.APE, False),
+        "MODEL.SWIN.PATCH_NORM": (model.SWIN.PATCH_NORM, True),
+        "MODEL.SWIN.QK_SCALE": (model.SWIN.QK_SCALE, None),
+        "MODEL.SWIN.OUT_FEATURES": (list(model.SWIN.OUT_FEATURES), _RES),
+        "MODEL.SEM_SEG_HEAD.NAME": (head.NAME, "MaskFormerHead"),
+        "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME": (head.PIXEL_DECODER_NAME, "MSDeformAttnPixelDecoder"),
+        "MODEL.SEM_SEG_HEAD.NORM": (head.NORM, "GN"),
+        "MODEL.SEM_SEG_HEAD.IN_FEATURES": (list(head.IN_FEATURES), _RES),
+        "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES": (
+            list(head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES),
             _RES[1:],
         ),
-        ("MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS", model.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS, 4),
-        (
-            "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS",
-            model.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS,
+        "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS": (
+            head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS,
+            4,
+        ),
+        # transformers has one head count for the pixel decoder and the Transformer decoder
+        "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS": (
+            head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS,
             model.MASK_FORMER.NHEADS,
         ),
-        (
-            "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME",
+        "MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME": (
             model.MASK_FORMER.TRANSFORMER_DECODER_NAME,
             "MultiScaleMaskedTransformerDecoder",
         ),
-    ]
-    for field, value, expected in checks:
+    }
+    for field, (value, expected) in fixed.items():
         _require(source, field, value, expected)
 
 
@@ -313,7 +329,10 @@ def hf_config_from_cfg(cfg, names: Sequence[str], source: str = "config") -> Dic
     _check_cfg(cfg, source)
     model, swin, head, mf = cfg.MODEL, cfg.MODEL.SWIN, cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.MASK_FORMER
     if len(names) != head.NUM_CLASSES:
-        raise ValueError(f"{source}: {len(names)} class names for MODEL.SEM_SEG_HEAD.NUM_CLASSES = {head.NUM_CLASSES}")
+        raise ValueError(
+            f"{source}: {len(names)} class names for MODEL.SEM_SEG_HEAD.NUM_CLASSES = "
+            f"{head.NUM_CLASSES}"
+        )
     backbone = {
         "model_type": "swin",
         "image_size": int(swin.PRETRAIN_IMG_SIZE),
@@ -375,7 +394,10 @@ def hf_preprocessor_from_cfg(cfg) -> Dict[str, Any]:
     return {
         "image_processor_type": "Mask2FormerImageProcessor",
         "do_resize": True,
-        "size": {"shortest_edge": int(cfg.INPUT.MIN_SIZE_TEST), "longest_edge": int(cfg.INPUT.MAX_SIZE_TEST)},
+        "size": {
+            "shortest_edge": int(cfg.INPUT.MIN_SIZE_TEST),
+            "longest_edge": int(cfg.INPUT.MAX_SIZE_TEST),
+        },
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,

@@ -52,7 +52,7 @@ def _download(uri: str) -> str:
         from huggingface_hub import snapshot_download
     except ImportError as e:
         raise ImportError(f"Loading {uri} needs huggingface_hub: {_INSTALL}") from e
-    patterns = ["config.json", "preprocessor_config.json", "model.safetensors*", "pytorch_model.bin*"]
+    patterns = ["*.json", "model.safetensors*", "pytorch_model.bin*"]
     kwargs = dict(repo_id=repo_id, revision=revision or None, allow_patterns=patterns)
     try:
         return snapshot_download(**kwargs)
@@ -86,7 +86,9 @@ def resolve_hf_weights(path: str) -> Optional[str]:
     else:
         return None
     if not os.path.isfile(os.path.join(directory, "config.json")):
-        raise FileNotFoundError(f"{path}: no config.json; expected a Hugging Face save_pretrained directory")
+        raise FileNotFoundError(
+            f"{path}: no config.json; expected a Hugging Face save_pretrained directory"
+        )
     for name in WEIGHT_FILES:
         if os.path.isfile(os.path.join(directory, name)):
             return os.path.join(directory, name)
@@ -105,7 +107,9 @@ def _read_json(path: str) -> Dict[str, Any]:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, ValueError) as e:
-        raise ValueError(f"Cannot read {path} ({type(e).__name__}: {e}); expected a JSON object") from e
+        raise ValueError(
+            f"Cannot read {path} ({type(e).__name__}: {e}); expected a JSON object"
+        ) from e
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a {type(data).__name__}; expected a JSON object")
     return data

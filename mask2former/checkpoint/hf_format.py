@@ -44,7 +44,10 @@ _RENAMES: List[Tuple[str, str]] = [
     ("backbone.patch_embed.proj.", f"{_SWIN}.embeddings.patch_embeddings.projection."),
     ("backbone.patch_embed.norm.", f"{_SWIN}.embeddings.norm."),
     (_BLOCK + "norm1.", _HF_BLOCK + "layernorm_before."),
-    (_BLOCK + "attn.relative_position_bias_table", _HF_BLOCK + "attention.self.relative_position_bias_table"),
+    (
+        _BLOCK + "attn.relative_position_bias_table",
+        _HF_BLOCK + "attention.self.relative_position_bias_table",
+    ),
     (_BLOCK + "attn.proj.", _HF_BLOCK + "attention.output.dense."),
     (_BLOCK + "norm2.", _HF_BLOCK + "layernorm_after."),
     (_BLOCK + "mlp.fc1.", _HF_BLOCK + "intermediate.dense."),
@@ -63,7 +66,10 @@ _RENAMES: List[Tuple[str, str]] = [
     ("sem_seg_head.pixel_decoder.adapter_{i}.norm.", f"{_PIXEL}.decoder.adapter_{{i}}.1."),
     ("sem_seg_head.pixel_decoder.layer_{i}.weight", f"{_PIXEL}.decoder.layer_{{i}}.0.weight"),
     ("sem_seg_head.pixel_decoder.layer_{i}.norm.", f"{_PIXEL}.decoder.layer_{{i}}.1."),
-    (_PRED + "transformer_self_attention_layers.{i}.self_attn.out_proj.", _HF_DEC + "self_attn.out_proj."),
+    (
+        _PRED + "transformer_self_attention_layers.{i}.self_attn.out_proj.",
+        _HF_DEC + "self_attn.out_proj.",
+    ),
     (_PRED + "transformer_self_attention_layers.{i}.norm.", _HF_DEC + "self_attn_layer_norm."),
     (_PRED + "transformer_cross_attention_layers.{i}.multihead_attn.", _HF_DEC + "cross_attn."),
     (_PRED + "transformer_cross_attention_layers.{i}.norm.", _HF_DEC + "cross_attn_layer_norm."),
@@ -76,7 +82,10 @@ _RENAMES: List[Tuple[str, str]] = [
     (_PRED + "level_embed.", f"{_TRANSFORMER}.level_embed."),
     (_PRED + "input_proj.", f"{_TRANSFORMER}.input_projections."),
     (_PRED + "class_embed.", "class_predictor."),
-    (_PRED + "mask_embed.layers.{i}.", f"{_TRANSFORMER}.decoder.mask_predictor.mask_embedder.{{i}}.0."),
+    (
+        _PRED + "mask_embed.layers.{i}.",
+        f"{_TRANSFORMER}.decoder.mask_predictor.mask_embedder.{{i}}.0.",
+    ),
     ("criterion.empty_weight", "criterion.empty_weight"),
 ]
 
@@ -93,10 +102,14 @@ _FUSED: List[Tuple[str, Tuple[str, str, str]]] = [
 ]
 
 # Other spellings of hub names (transformers >= 5 module names, older prefixes) -> hub layout.
-_HF_ALIASES: List[Tuple[str, str]] = [
+# A replacement may be a function of the match (re.sub semantics).
+_HF_ALIASES = [
     (r"^(pixel_level_module|transformer_module)\.", r"model.\1."),
     (rf"^{re.escape(_SWIN)}\.(swin|model)\.", f"{_SWIN}."),
-    (rf"^({re.escape(_SWIN)}\.hidden_states_norms\.)(\d)\.", None),  # 0-based -> stageN
+    (  # MaskFormer-style 0-based norms -> stage1..stage4
+        rf"^({re.escape(_SWIN)}\.hidden_states_norms\.)(\d)\.",
+        lambda m: f"{m.group(1)}stage{int(m.group(2)) + 1}.",
+    ),
     (r"(\.blocks\.\d+\.attention)\.q_proj\.", r"\1.self.query."),
     (r"(\.blocks\.\d+\.attention)\.k_proj\.", r"\1.self.key."),
     (r"(\.blocks\.\d+\.attention)\.v_proj\.", r"\1.self.value."),
@@ -106,19 +119,23 @@ _HF_ALIASES: List[Tuple[str, str]] = [
     (r"(\.blocks\.\d+)\.mlp\.fc2\.", r"\1.output.dense."),
 ]
 _HF_UNUSED = re.compile(rf"^{re.escape(_SWIN)}\.layernorm\.|\.relative_position_index$")
+_PLACEHOLDERS = {"{i}": r"(?P<i>\d+)", "{j}": r"(?P<j>\d+)", "{p}": r"(?P<p>weight|bias)$"}
 
 
 def _pattern(template: str) -> "re.Pattern[str]":
+    """Regex matching the start of a key against ``template`` with its placeholders."""
     regex = re.escape(template)
-    for name in ("i", "j", "p"):
-        regex = regex.replace(re.escape("{" + name + "}"), rf"(?P<{name}>\w+?)" if name == "p" else rf"(?P<{name}>\d+)")
-    return re.compile(regex + ("$" if "{p}" in template else ""))
+    for placeholder, group in _PLACEHOLDERS.items():
+        regex = regex.replace(re.escape(placeholder), group)
+    return re.compile(regex)
 
 
 _TO_HF = [(_pattern(ours), hf) for ours, hf in _RENAMES]
 _FROM_HF = [(_pattern(hf), ours) for ours, hf in _RENAMES]
 _FUSED_TO_HF = [(_pattern(ours), hf) for ours, hf in _FUSED]
-_FUSED_FROM_HF = [(_pattern(hf), (index, ours)) for ours, parts in _FUSED for index, hf in enumerate(parts)]
+_FUSED_FROM_HF = [
+    (_pattern(hf), (index, ours)) for ours, parts in _FUSED for index, hf in enumerate(parts)
+]
 
 
 def _first_match(key: str, rules):
@@ -137,14 +154,13 @@ def _rename(key: str, rules) -> Optional[str]:
 
 def _normalise_hf_key(key: str) -> str:
     for pattern, replacement in _HF_ALIASES:
-        if replacement is None:
-            key = re.sub(pattern, lambda m: f"{m.group(1)}stage{int(m.group(2)) + 1}.", key)
-        else:
-            key = re.sub(pattern, replacement, key)
+        key = re.sub(pattern, replacement, key)
     return key
 
 
-def original_to_hf(state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> Dict[str, torch.Tensor]:
+def original_to_hf(
+    state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> Dict[str, torch.Tensor]:
     """Rename (and split) a state dict of ours into the hub layout of ``transformers``.
 
     Args:
@@ -180,8 +196,8 @@ def original_to_hf(state_dict: Mapping[str, torch.Tensor], source: str = "checkp
     if unknown:
         raise ValueError(
             f"{source}: {len(unknown)} weights have no Hugging Face Mask2Former counterpart, e.g. "
-            f"{unknown[:3]}; only Swin-backbone Mask2Former models (MultiScaleMaskedTransformerDecoder, "
-            "MSDeformAttnPixelDecoder) convert"
+            f"{unknown[:3]}; only Swin-backbone Mask2Former models "
+            "(MultiScaleMaskedTransformerDecoder, MSDeformAttnPixelDecoder) convert"
         )
     final_norm = f"{_SWIN}.hidden_states_norms.stage4.weight"
     if final_norm not in out:
@@ -192,7 +208,9 @@ def original_to_hf(state_dict: Mapping[str, torch.Tensor], source: str = "checkp
     return out
 
 
-def hf_to_original(state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> Dict[str, torch.Tensor]:
+def hf_to_original(
+    state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
+) -> Dict[str, torch.Tensor]:
     """Rename (and fuse) a ``Mask2FormerForUniversalSegmentation`` state dict into our names.
 
     Args:
@@ -235,11 +253,13 @@ def hf_to_original(state_dict: Mapping[str, torch.Tensor], source: str = "checkp
             )
     if unknown:
         raise ValueError(
-            f"{source}: {len(unknown)} weights are not those of a Swin Mask2FormerForUniversalSegmentation, "
-            f"e.g. {unknown[:3]}"
+            f"{source}: {len(unknown)} weights are not those of a Swin "
+            f"Mask2FormerForUniversalSegmentation, e.g. {unknown[:3]}"
         )
     for name, pieces in parts.items():
         if sorted(pieces) != [0, 1, 2]:
-            raise ValueError(f"{source}: {name} needs its q, k and v parts; found parts {sorted(pieces)}")
+            raise ValueError(
+                f"{source}: {name} needs its q, k and v parts; found parts {sorted(pieces)}"
+            )
         out[name] = torch.cat([pieces[0], pieces[1], pieces[2]], dim=0)
     return out
