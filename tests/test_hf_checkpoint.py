@@ -326,3 +326,6 @@ def test_clear_errors(tmp_path, reference_dir):
         resolve_hf_weights(str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="Cannot tell the task"):
         tool.hf_to_yaml(str(hf_dir), str(tmp_path / "y.yaml"), None)
+    argv = ["to-pkl", str(hf_dir), "-o", str(tmp_path / "z.pkl"), "--yaml", str(tmp_path / "z.yaml")]
+    assert tool.main(argv) == 1  # no task in the name "hf": neither file is written
+    assert not (tmp_path / "z.pkl").exists() and not (tmp_path / "z.yaml").exists()

@@ -86,24 +86,18 @@ def write_yaml(cfg_dict: dict, path: str) -> None:
     _write_atomically(path, write)
 
 
-def hf_to_yaml(
-    source: str, output: str, task: Optional[str], weights: Optional[str] = None, files=None
-) -> dict:
-    """Write the config of the Hugging Face checkpoint ``source`` to ``output``; returns it.
-
-    ``files``: ``read_hf_directory(source)`` when already read; ``weights``: ``MODEL.WEIGHTS``
-    (default ``source``)."""
-    hf_config, preprocessor, _ = files or read_hf_directory(source)
+def _cfg_dict(source: str, files, task: Optional[str], weights: str) -> dict:
+    """Our config of the checkpoint ``source`` (``files`` = ``read_hf_directory(source)``)."""
+    hf_config, preprocessor, _ = files
     cfg_dict = cfg_dict_from_hf(
         hf_config,
         task=infer_task(source, task),
-        weights=weights or source,
+        weights=weights,
         preprocessor=preprocessor,
         source=f"{source}/config.json",
     )
-    write_yaml(cfg_dict, output)
     dataset = cfg_dict["DATASETS"]["TEST"][0]
-    if weights and dataset == hf_metadata_name(hf_class_names(hf_config)):
+    if weights != source and dataset == hf_metadata_name(hf_class_names(hf_config)):
         print(
             f"note: the class names are not those of a built-in dataset; '{dataset}' gets them "
             f"when the weights load from {source}, not from {weights}",
@@ -112,9 +106,17 @@ def hf_to_yaml(
     return cfg_dict
 
 
+def hf_to_yaml(source: str, output: str, task: Optional[str]) -> None:
+    """Write the config of the Hugging Face checkpoint ``source`` (``MODEL.WEIGHTS`` = ``source``)."""
+    write_yaml(_cfg_dict(source, read_hf_directory(source), task, weights=source), output)
+
+
 def hf_to_pkl(source: str, output: str, yaml_path: Optional[str], task: Optional[str]) -> None:
-    """Write the Hugging Face checkpoint ``source`` as a model-zoo ``.pkl`` (and its config)."""
+    """Write the Hugging Face checkpoint ``source`` as a model-zoo ``.pkl`` (and, with
+    ``yaml_path``, its config with ``MODEL.WEIGHTS`` = ``output``). Both are checked before
+    either is written."""
     files = read_hf_directory(source)
+    cfg_dict = _cfg_dict(source, files, task, weights=output) if yaml_path else None
     state = hf_to_original(files[2], source=source)
     model = OrderedDict((k, v.detach().cpu().numpy()) for k, v in state.items())
     checkpoint = {"model": model, "__author__": f"Hugging Face transformers ({source})"}
@@ -125,7 +127,7 @@ def hf_to_pkl(source: str, output: str, yaml_path: Optional[str], task: Optional
 
     _write_atomically(output, write)
     if yaml_path:
-        hf_to_yaml(source, yaml_path, task, weights=output, files=files)
+        write_yaml(cfg_dict, yaml_path)
 
 
 def _class_names(cfg, path: Optional[str]) -> List[str]:
