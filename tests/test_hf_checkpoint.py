@@ -15,9 +15,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from mask2former.checkpoint import Checkpointer
-from mask2former.checkpoint.hf_config import hf_metadata_name
+from mask2former.checkpoint.hf_config import (
+    cfg_dict_from_hf,
+    hf_config_from_cfg,
+    hf_metadata_name,
+)
 from mask2former.checkpoint.hf_directory import read_hf_directory, resolve_hf_weights
 from mask2former.checkpoint.hf_format import hf_to_original
 from mask2former.config import get_cfg
@@ -166,6 +171,44 @@ def test_hf_checkpoint_loads_here_with_the_same_outputs(tmp_path, reference_dir,
             result = model([{"image": torch.from_numpy(np.ascontiguousarray(image))}])[0]
         assert result["sem_seg"].shape == (len(names), 120, 150)
         assert result["panoptic_seg"][0].shape == (120, 150)
+
+
+SWIN_MANIFESTS = {  # manifest -> our config of the published model
+    "coco_panoptic_swin_T": "coco/panoptic/swin_T.yaml",
+    "coco_panoptic_swin_S": "coco/panoptic/swin_S.yaml",
+    "coco_panoptic_swin_B": "coco/panoptic/swin_B.yaml",
+    "coco_panoptic_swin_L": "coco/panoptic/swin_L.yaml",
+    "coco_instance_swin_L": "coco/instance/swin_L.yaml",
+    "ade20k_semantic_swin_L": "ade20k/semantic/swin_L.yaml",
+}
+
+
+@pytest.mark.parametrize("manifest", sorted(SWIN_MANIFESTS))
+def test_published_swin_models_map_one_to_one(tmp_path, reference_dir, manifest):
+    """Every published Swin model: our config -> config.json -> transformers' model (on the meta
+    device) has, renamed, exactly the published keys and shapes; and config.json -> our config
+    builds the same model again."""
+    transformers = _transformers()
+    expected = json.loads((reference_dir / "keys" / f"{manifest}.json").read_text())["state_dict"]
+    cfg = get_cfg()
+    cfg.merge_from_file(str(REPO / "configs" / SWIN_MANIFESTS[manifest]))
+    names = [f"class {i}" for i in range(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)]
+    hf_config = hf_config_from_cfg(cfg, names)
+    with torch.device("meta"):
+        hf_model = transformers.Mask2FormerForUniversalSegmentation(
+            transformers.Mask2FormerConfig.from_dict(hf_config)
+        )
+    renamed = hf_to_original(hf_model.state_dict())
+    assert {k: list(v.shape) for k, v in renamed.items()} == expected
+
+    task = "semantic" if "semantic" in manifest else "instance"
+    (tmp_path / "back.yaml").write_text(yaml.safe_dump(cfg_dict_from_hf(hf_config, task=task)))
+    back = get_cfg()
+    back.merge_from_file(str(tmp_path / "back.yaml"))
+    back.MODEL.DEVICE = "meta"
+    with torch.device("meta"):
+        model = build_model(back)
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == expected
 
 
 def test_weight_file_variants_give_the_same_weights(tmp_path):
