@@ -6,6 +6,8 @@ shape differs, converts numpy arrays and logs missing/unexpected keys). This sub
 * the model-zoo pickle format, ``{"model": {name: numpy.ndarray}, "__author__": str}``, and bare
   ``{name: array}`` dicts, in ``.pkl`` (pickle) or any other extension (``torch.load``);
 * ``detectron2://`` paths and URLs through :data:`mask2former.checkpoint.file_io.PathManager`;
+* Hugging Face ``save_pretrained`` directories and ``hf://ORG/NAME`` ids, renamed to our keys
+  (:mod:`mask2former.checkpoint.hf_directory`);
 * :class:`FileNotFoundError` for a missing file, :class:`OSError` naming the URL when a download
   fails, :class:`ValueError` naming the file and the expected format for an unreadable file;
 * ``strict=True``, raising :class:`IncompatibleCheckpointError` on any missing, unexpected or
@@ -38,6 +40,7 @@ from fvcore.common.checkpoint import _filter_reused_missing_keys, _IncompatibleK
 from ..config.config import config_source
 from ..utils.atomic_io import atomic_write, remove_stale_temporaries
 from .file_io import PathManager, to_url
+from .hf_directory import is_hf_weights_file, load_hf_checkpoint, resolve_hf_weights
 from .safe_pickle import UnsafePickleError, load_pickle
 from .suffix_matching import align_by_suffix
 
@@ -215,6 +218,9 @@ class Checkpointer(fvcore_checkpoint.Checkpointer):
     def _get_local_path(self, path: str) -> str:
         if os.path.isfile(path):
             return path
+        hf_weights = resolve_hf_weights(path)  # a save_pretrained directory or hf://ORG/NAME
+        if hf_weights is not None:
+            return hf_weights
         if "://" in path:
             url = to_url(path)
             try:
@@ -229,6 +235,8 @@ class Checkpointer(fvcore_checkpoint.Checkpointer):
         raise FileNotFoundError(f"Checkpoint file not found: {path}")
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
+        if is_hf_weights_file(filename):
+            return self._as_checkpoint(load_hf_checkpoint(filename), filename)
         try:
             if filename.endswith(".pkl"):
                 with self.path_manager.open(filename, "rb") as f:

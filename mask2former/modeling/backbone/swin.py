@@ -24,7 +24,7 @@ from ...layers import ShapeSpec
 from ...utils.registry import BACKBONE_REGISTRY, register_once
 from .backbone import Backbone
 
-__all__ = ["D2SwinTransformer", "SwinTransformerBlock", "WindowAttention"]
+__all__ = ["D2SwinTransformer", "SwinTransformerBlock", "WindowAttention", "relative_position_index"]
 
 
 class DropPath(nn.Module):
@@ -58,6 +58,23 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+def relative_position_index(window_size: int) -> torch.Tensor:
+    """Index into the relative-position bias table for every (query, key) pair of a window.
+
+    Swin (Liu et al., ICCV 2021, Sec. 3.2): token ``a`` at (row, col) ``(ya, xa)`` and token ``b``
+    at ``(yb, xb)`` of a ``window_size``² window read bias entry
+    ``(ya - yb + ws - 1) * (2 ws - 1) + (xa - xb + ws - 1)``, tokens in row-major order.
+
+    Returns:
+        int64 tensor [ws², ws²] with values in ``[0, (2 ws - 1)² - 1]``.
+    """
+    coords = torch.stack(
+        torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij")
+    ).flatten(1)  # [2, ws²] (row, col) of each token
+    rel = coords[:, :, None] - coords[:, None, :] + (window_size - 1)  # [2, ws², ws²], >= 0
+    return rel[0] * (2 * window_size - 1) + rel[1]
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -123,11 +140,7 @@ class WindowAttention(nn.Module):
         self.relative_position_bias_table = nn.Parameter(
             torch.zeros((2 * window_size - 1) ** 2, num_heads)
         )
-        coords = torch.stack(
-            torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij")
-        ).flatten(1)  # [2, ws²] (row, col) of each token
-        rel = coords[:, :, None] - coords[:, None, :] + (window_size - 1)  # [2, ws², ws²], >= 0
-        self.register_buffer("relative_position_index", rel[0] * (2 * window_size - 1) + rel[1])
+        self.register_buffer("relative_position_index", relative_position_index(window_size))
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
