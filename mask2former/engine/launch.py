@@ -90,7 +90,7 @@ def launch(main_func, num_gpus_per_machine: int, num_machines: int = 1, machine_
             details = str(e)
             cause = f"was killed by {e.signal_name}" if e.signal_name else f"exited with code {e.exit_code}"
         raise WorkerProcessError(
-            f"training process rank {rank} (pid {e.pid}) {cause}; the other processes were stopped",
+            f"training process rank {rank} (pid {e.error_pid}) {cause}; the other processes were stopped",
             rank, details,
         ) from None
 

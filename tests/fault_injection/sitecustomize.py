@@ -5,10 +5,12 @@ on ``PYTHONPATH`` (Python imports ``sitecustomize`` at start-up, spawned workers
 pause after each and prints ``CHECKPOINT-WRITE-STARTED`` to stderr first, so that a test can kill
 the process in the middle of a checkpoint write.
 
-``M2F_FAULT_RAISE_AT=RANK:ITER``: the trainer of that rank raises ``RuntimeError`` at that iteration.
+``M2F_FAULT_RAISE_AT=RANK:ITER``: the trainer of that rank raises ``RuntimeError`` at that iteration;
+``M2F_FAULT_KILL_AT=RANK:ITER``: that process SIGKILLs itself there instead.
 """
 import io
 import os
+import signal
 import sys
 import time
 
@@ -32,15 +34,19 @@ if os.environ.get("M2F_FAULT_SLOW_CHECKPOINT") == "1":
 
     torch.save = _slow_save
 
-if os.environ.get("M2F_FAULT_RAISE_AT"):
+_FAULT = os.environ.get("M2F_FAULT_RAISE_AT") or os.environ.get("M2F_FAULT_KILL_AT")
+if _FAULT:
     from mask2former.engine.trainer import Trainer
     from mask2former.utils import comm
 
-    _rank, _iteration = (int(v) for v in os.environ["M2F_FAULT_RAISE_AT"].split(":"))
+    _rank, _iteration = (int(v) for v in _FAULT.split(":"))
+    _kill = "M2F_FAULT_KILL_AT" in os.environ
     _run_step = Trainer.run_step
 
     def _failing_run_step(self, batch):
         if comm.get_rank() == _rank and self.iter == _iteration:
+            if _kill:
+                os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"injected failure at iteration {_iteration}")
         return _run_step(self, batch)
 
