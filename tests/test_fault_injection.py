@@ -60,7 +60,8 @@ def _final_names_are_complete(output_dir: Path) -> None:
 
 def _kill_when(command, env, marker: str = "", delay: float = 0.0) -> bool:
     """Start ``command``, wait until a line of its output contains ``marker`` (at once when empty),
-    then ``delay`` seconds more, and SIGKILL it. Returns whether the marker was seen."""
+    then ``delay`` seconds more, and SIGKILL it. Returns whether the marker was seen; prints what
+    was on disk at the kill (seen with ``pytest -s``)."""
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = not marker
     if marker:
@@ -71,6 +72,10 @@ def _kill_when(command, env, marker: str = "", delay: float = 0.0) -> bool:
     time.sleep(delay)
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
+    output_dir = Path(command[command.index("OUTPUT_DIR") + 1])
+    last = output_dir / "last_checkpoint"
+    print(f"killed {delay:.2f} s after {marker or 'start'!r}: last_checkpoint="
+          f"{last.read_text() if last.exists() else None}, temporaries={[p.name for p in output_dir.glob('.*.tmp')]}")
     return seen
 
 
