@@ -43,7 +43,7 @@ from detectron2.modeling import (  # noqa: E402
 from detectron2.modeling import build_model as d2_build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
-from mask2former.config import add_maskformer2_config  # noqa: E402
+from mask2former.config import add_maskformer2_config, add_maskformer2_video_config  # noqa: E402
 from mask2former.config import get_cfg as standalone_get_cfg  # noqa: E402
 from mask2former.data.dataset_mappers import build_dataset_mapper  # noqa: E402
 from mask2former.data.datasets import get_builtin_metadata  # noqa: E402
@@ -87,6 +87,7 @@ def _d2_cfg(deeplab: bool = True):
         else:
             add_deeplab_config(cfg)
     add_maskformer2_config(cfg)
+    add_maskformer2_video_config(cfg)
     return cfg
 
 
@@ -187,7 +188,7 @@ def test_config_dumped_by_standalone_loads_into_detectron2_config(tmp_path):
 
 
 def test_published_configs_build_published_keys_with_detectron2(reference_dir):
-    manifests = sorted((reference_dir / "keys").glob("*.json"))
+    manifests = sorted(p for p in (reference_dir / "keys").glob("*.json") if not p.stem.startswith("ytvis"))
     assert len(manifests) == 12
     for path in manifests:
         manifest = json.loads(path.read_text())
