@@ -203,6 +203,23 @@ def test_published_configs_build_published_keys_with_detectron2(reference_dir):
         assert shapes == manifest["state_dict"], path.name
 
 
+
+def test_video_configs_build_published_keys_with_detectron2(reference_dir):
+    from mask2former.video import VideoMaskFormer
+
+    manifests = sorted((reference_dir / "keys").glob("ytvis*.json"))
+    assert len(manifests) == 8
+    for path in manifests:
+        year, backbone = path.stem[len("ytvis"):].split("_", 1)
+        cfg = _d2_cfg()
+        cfg.merge_from_file(str(REPO / "configs" / f"youtubevis_{year}" / f"{backbone}.yaml"))
+        cfg.MODEL.DEVICE = "meta"
+        with torch.device("meta"):
+            model = d2_build_model(cfg)
+        assert isinstance(model, VideoMaskFormer)
+        shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+        assert shapes == json.loads(path.read_text())["state_dict"], path.name
+
 _STANDALONE_MODEL = """
 import json
 import numpy as np

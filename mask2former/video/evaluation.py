@@ -33,6 +33,7 @@ from ..utils import comm
 __all__ = [
     "YTVISEvaluator",
     "YTVISeval",
+    "build_video_evaluator",
     "evaluate_ytvis",
     "instances_to_ytvis_gt",
     "video_output_to_ytvis_json",
@@ -297,3 +298,13 @@ class YTVISEvaluator(DatasetEvaluator):
             json.dump(results, f)
         os.replace(tmp, path)
         logger.info("Saved %d YouTube-VIS results to %s", len(results), path)
+
+
+def build_video_evaluator(dataset_name: str, output_dir: Optional[str] = None) -> YTVISEvaluator:
+    """The evaluator of a video model on ``dataset_name``: YouTube-VIS json ground truth for
+    ``evaluator_type == "ytvis"`` datasets, otherwise (COCO pseudo-clips) the ground truth that the
+    clip mapper puts in the inputs."""
+    from ..data.catalog import MetadataCatalog
+
+    ytvis = MetadataCatalog.get(dataset_name).get("evaluator_type", None) == "ytvis"
+    return YTVISEvaluator(dataset_name, output_dir=output_dir, gt_from_inputs=not ytvis)
