@@ -209,7 +209,8 @@ def video_model_overlays(predictor, frames, confidence_threshold: float):
     from mask2former.video.visualizer import VideoVisualizer
 
     for frame, instances in predictor.track(frames):
-        vis = VideoVisualizer(frame[:, :, ::-1], predictor.metadata).draw_tracks(instances, confidence_threshold)
+        visualizer = VideoVisualizer(frame[:, :, ::-1], predictor.metadata)
+        vis = visualizer.draw_tracks(instances, confidence_threshold)
         yield np.ascontiguousarray(vis[:, :, ::-1])
 
 

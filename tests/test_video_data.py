@@ -163,3 +163,21 @@ def test_pseudo_clip_training_augments_the_clip_as_a_whole(coco_train):
     assert len(sizes) == 1 and min(next(iter(sizes))[1:]) == 96
     for inst, image in zip(clip["instances"], clip["image"]):
         assert inst.gt_masks.shape[1:] == image.shape[1:] and inst.gt_masks.dtype == torch.bool
+
+
+def test_filtering_empty_videos(tmp_path):
+    from mask2former.data.build import get_dataset_dicts
+    from mask2former.video.data import register_ytvis_instances, ytvis_metadata
+
+    json_file, image_root, _ = _write_video(tmp_path)
+    data = json.loads(json_file.read_text())
+    data["videos"].append(dict(data["videos"][0], id=8))  # a video without annotations
+    json_file.write_text(json.dumps(data))
+    name = "ytvis_test_filtering"
+    register_ytvis_instances(name, ytvis_metadata(2019), str(json_file), str(image_root))
+    try:
+        assert len(get_dataset_dicts([name], filter_empty=False)) == 2
+        assert [v["video_id"] for v in get_dataset_dicts([name], filter_empty=True)] == [7]
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)

@@ -96,7 +96,8 @@ def evaluate_model(cfg, model: torch.nn.Module, tag: str = "") -> Dict[str, Dict
         if comm.is_main_process():
             os.makedirs(output_dir, exist_ok=True)
         if isinstance(model, VideoMaskFormer):  # clips in, YouTube-VIS AP out
-            mapper, evaluator = build_dataset_mapper(cfg, is_train=False), build_video_evaluator(name, output_dir)
+            mapper = build_dataset_mapper(cfg, is_train=False)
+            evaluator = build_video_evaluator(name, output_dir)
         else:
             mapper, evaluator = TestMapper(cfg), build_evaluator(cfg, name, output_dir)
         loader = build_test_loader(DatasetCatalog.get(name), mapper, cfg.DATALOADER.NUM_WORKERS)

@@ -260,7 +260,9 @@ class YTVISEvaluator(DatasetEvaluator):
         labels = range(len(self._thing_classes or []))
         names = self._thing_classes or []
         if self._to_dataset_id:
-            return [{"id": self._to_dataset_id[i], "name": names[i] if i < len(names) else str(i)} for i in labels]
+            return [
+                {"id": self._to_dataset_id[i], "name": names[i] if i < len(names) else str(i)} for i in labels
+            ]
         return [{"id": i, "name": n} for i, n in enumerate(names)]
 
     def evaluate(self) -> Optional["OrderedDict[str, Dict[str, float]]"]:
@@ -281,7 +283,8 @@ class YTVISEvaluator(DatasetEvaluator):
         else:
             categories = self._categories()
             if not categories:
-                categories = [{"id": c, "name": str(c)} for c in sorted({a["category_id"] for a in gt + results})]
+                used = sorted({a["category_id"] for a in gt + results})
+                categories = [{"id": c, "name": str(c)} for c in used]
         if not gt:
             logger.warning("[YTVISEvaluator] no ground-truth annotations: results saved for submission only")
             return OrderedDict()

@@ -1,7 +1,7 @@
 """The meta-architecture of Mask2Former for video instance segmentation (Cheng et al.,
 "Mask2Former for Video Instance Segmentation", 2021): the image model's backbone and pixel decoder
 run on every frame; the video Transformer decoder attends to all frames of the clip at once."""
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -32,7 +32,7 @@ class VideoMaskFormer(nn.Module):
         *,
         backbone: nn.Module,
         sem_seg_head: nn.Module,
-        criterion: nn.Module = None,
+        criterion: Optional[nn.Module] = None,
         num_frames: int,
         metadata,
         size_divisibility: int,
@@ -147,7 +147,9 @@ class VideoMaskFormer(nn.Module):
         for video in batched_inputs:
             frames = [inst.to(self.device) for inst in video["instances"]]
             num_instances = len(frames[0])
-            masks = torch.zeros((num_instances, len(frames), h_pad, w_pad), dtype=torch.bool, device=self.device)
+            masks = torch.zeros(
+                (num_instances, len(frames), h_pad, w_pad), dtype=torch.bool, device=self.device
+            )
             for t, inst in enumerate(frames):
                 gt_masks = inst.gt_masks.tensor if hasattr(inst.gt_masks, "tensor") else inst.gt_masks
                 masks[:, t, : gt_masks.shape[1], : gt_masks.shape[2]] = gt_masks

@@ -35,7 +35,8 @@ class VideoPredictor(Predictor):
         self.overlap = cfg.TEST.VIDEO_WINDOW_OVERLAP
         if not 0 <= self.overlap < self.window_size:
             raise ValueError(
-                f"TEST.VIDEO_WINDOW_OVERLAP={self.overlap} must be in [0, TEST.VIDEO_WINDOW_SIZE={self.window_size})"
+                f"TEST.VIDEO_WINDOW_OVERLAP={self.overlap} must be in "
+                f"[0, TEST.VIDEO_WINDOW_SIZE={self.window_size})"
             )
 
     def __call__(self, frames: Sequence[np.ndarray]) -> Dict:
@@ -48,9 +49,12 @@ class VideoPredictor(Predictor):
         if not frames:
             raise ValueError("VideoPredictor needs at least one frame")
         if len({f.shape for f in frames}) != 1:
-            raise ValueError(f"all frames of a clip must have one size, got {sorted({f.shape for f in frames})}")
+            sizes = sorted({f.shape for f in frames})
+            raise ValueError(f"all frames of a clip must have one size, got {sizes}")
         inputs = [self._prepare(f) for f in frames]
-        video = {"image": [x["image"] for x in inputs], "height": inputs[0]["height"], "width": inputs[0]["width"]}
+        video = {
+            "image": [x["image"] for x in inputs], "height": inputs[0]["height"], "width": inputs[0]["width"]
+        }
         with torch.no_grad():
             return self.model([video])
 
@@ -100,10 +104,12 @@ class VideoPredictor(Predictor):
             buffer = buffer[emit:]
 
     @staticmethod
-    def _frames_with(frames: Sequence[np.ndarray], tubes: Sequence[Dict]) -> Iterator[Tuple[np.ndarray, List[Dict]]]:
+    def _frames_with(frames: Sequence[np.ndarray], tubes: Sequence[Dict]
+                     ) -> Iterator[Tuple[np.ndarray, List[Dict]]]:
         for t, frame in enumerate(frames):
             yield frame, [
-                {"track_id": tube["track_id"], "score": tube["score"], "label": tube["label"], "mask": tube["masks"][t]}
+                {"track_id": tube["track_id"], "score": tube["score"], "label": tube["label"],
+                 "mask": tube["masks"][t]}
                 for tube in tubes if tube["masks"][t].any()
             ]
 

@@ -172,14 +172,16 @@ class YTVISDatasetMapper:
         video_annos = dataset_dict.pop("annotations", None)
         frames = []
         for i in indices:
-            record = {"file_name": file_names[i], "height": dataset_dict["height"], "width": dataset_dict["width"]}
+            record = {"file_name": file_names[i], "height": dataset_dict["height"],
+                      "width": dataset_dict["width"]}
             frames.append(read_image_checked(record, self.image_format))
         images, transforms = _augment_clip(self.augmentations, frames, self.resize_by_clip, self.flip_by_clip)
         dataset_dict.update(file_names=[file_names[i] for i in indices], frame_indices=indices,
                             image=[image_to_tensor(im) for im in images])
         if self.is_train and video_annos is not None:
             dataset_dict["instances"] = _clip_instances(
-                [video_annos[i] for i in indices], transforms, frames[0].shape[:2], [im.shape[:2] for im in images]
+                [video_annos[i] for i in indices], transforms, frames[0].shape[:2],
+                [im.shape[:2] for im in images],
             )
         return dataset_dict
 
@@ -247,7 +249,9 @@ class COCOPseudoClipDatasetMapper:
         seed = np.random.randint(2**31) if self.is_train else int(dataset_dict.get("image_id", 0))
         boxes = moving_crop_boxes(h, w, self.num_frames, self.crop_fraction, self.max_shift,
                                   np.random.default_rng(seed))
-        crops = [CropTransform(int(x0), int(y0), int(x1 - x0), int(y1 - y0), w, h) for x0, y0, x1, y1 in boxes]
+        crops = [
+            CropTransform(int(x0), int(y0), int(x1 - x0), int(y1 - y0), w, h) for x0, y0, x1, y1 in boxes
+        ]
         frames = [crop.apply_image(image) for crop in crops]
         images, transforms = _augment_clip(self.augmentations, frames, self.resize_by_clip, self.flip_by_clip)
         annos = [dict(a, id=i) for i, a in enumerate(dataset_dict.pop("annotations", []))]

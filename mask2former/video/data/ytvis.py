@@ -88,7 +88,9 @@ def load_ytvis_json(json_file: str, image_root: str, dataset_name: Optional[str]
             category = anno["category_id"]
             if id_map is not None:
                 if category not in id_map:
-                    raise ValueError(f"{json_file}: category_id {category} of annotation {anno['id']} is unknown")
+                    raise ValueError(
+                        f"{json_file}: category_id {category} of annotation {anno['id']} is unknown"
+                    )
                 category = id_map[category]
             bboxes = anno.get("bboxes") or [None] * length
             for t, segm in enumerate(anno.get("segmentations") or []):
@@ -116,7 +118,9 @@ def register_ytvis_instances(name: str, metadata: dict, json_file: str, image_ro
     """Register a YouTube-VIS-format dataset (read lazily by ``DatasetCatalog.get``) with
     ``evaluator_type="ytvis"``, ``json_file`` and ``image_root`` in its metadata."""
     DatasetCatalog.register(name, lambda: load_ytvis_json(json_file, image_root, name))
-    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="ytvis", **metadata)
+    MetadataCatalog.get(name).set(
+        json_file=json_file, image_root=image_root, evaluator_type="ytvis", **metadata
+    )
 
 
 def register_all_ytvis(root: Optional[str] = None) -> None:
