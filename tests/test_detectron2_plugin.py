@@ -142,6 +142,14 @@ def test_import_registers_components_in_detectron2_registries():
     assert BACKBONE_REGISTRY.get("build_resnet_backbone") is d2_resnet
     assert {"MSDeformAttnPixelDecoder", "BasePixelDecoder"} <= {k for k, _ in PIXEL_DECODER_REGISTRY}
     assert "MultiScaleMaskedTransformerDecoder" in {k for k, _ in TRANSFORMER_DECODER_REGISTRY}
+    # The video model (mask2former.video) too, and the YouTube-VIS names in Detectron2's catalog.
+    from mask2former.video import VideoMaskFormer, VideoMultiScaleMaskedTransformerDecoder
+
+    assert META_ARCH_REGISTRY.get("VideoMaskFormer") is VideoMaskFormer
+    assert TRANSFORMER_DECODER_REGISTRY.get("VideoMultiScaleMaskedTransformerDecoder") is (
+        VideoMultiScaleMaskedTransformerDecoder
+    )
+    assert {"ytvis_2019_train", "ytvis_2021_val"} <= set(DatasetCatalog.list())
 
 
 def test_detectron2_projects_import_after_mask2former():

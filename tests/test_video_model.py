@@ -161,3 +161,57 @@ def test_training_losses_are_finite_and_cover_every_layer(fixture_model):
     grad = model.sem_seg_head.predictor.query_feat.weight.grad
     assert grad is not None and grad.abs().sum() > 0
     model.zero_grad(set_to_none=True)
+
+
+def test_video_matcher_assigns_one_query_per_instance_over_the_whole_clip():
+    from mask2former.modeling.matcher import HungarianMatcher
+    from mask2former.video import VideoHungarianMatcher
+
+    left, right = torch.zeros(16, 16), torch.zeros(16, 16)
+    left[:, :8], right[:, 8:] = 1, 1
+    targets = [{"labels": torch.tensor([0, 0]), "masks": torch.stack([torch.stack([left, left]),
+                                                                        torch.stack([right, right])])}]
+    logit = lambda m: (m * 2 - 1) * 20  # noqa: E731  (confident mask logits)
+    # q0 follows the left instance in frame 0 and the right one in frame 1; q1, q2 follow one each.
+    pred_masks = torch.stack([torch.stack([logit(left), logit(right)]), torch.stack([logit(left)] * 2),
+                              torch.stack([logit(right)] * 2)])[None]
+    outputs = {"pred_logits": torch.zeros(1, 3, 2), "pred_masks": pred_masks}
+    torch.manual_seed(0)
+    (queries, instances), = VideoHungarianMatcher(num_points=256)(outputs, targets)
+    assert dict(zip(instances.tolist(), queries.tolist())) == {0: 1, 1: 2}
+
+    # With one frame, the video matcher is the image matcher.
+    frame0 = {"pred_logits": outputs["pred_logits"], "pred_masks": pred_masks[:, :, :1]}
+    image_outputs = {"pred_logits": outputs["pred_logits"], "pred_masks": pred_masks[:, :, 0]}
+    torch.manual_seed(1)
+    video = VideoHungarianMatcher(num_points=256)(frame0, [{"labels": targets[0]["labels"],
+                                                             "masks": targets[0]["masks"][:, :1]}])
+    torch.manual_seed(1)
+    image = HungarianMatcher(num_points=256)(image_outputs, [{"labels": targets[0]["labels"],
+                                                               "masks": targets[0]["masks"][:, 0]}])
+    assert [(a.tolist(), b.tolist()) for a, b in video] == [(a.tolist(), b.tolist()) for a, b in image]
+
+
+def test_video_criterion_with_one_frame_equals_the_image_criterion():
+    from mask2former.modeling.criterion import SetCriterion
+    from mask2former.video import VideoSetCriterion
+
+    cfg = get_cfg()
+    cfg.merge_from_file("configs/youtubevis_2019/R50.yaml")
+    cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 64
+    video, image = VideoSetCriterion(cfg), SetCriterion(cfg)
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 41, generator=generator)
+    masks = torch.randn(2, 5, 1, 12, 12, generator=generator)
+    targets = [
+        {"labels": torch.tensor(labels), "masks": (torch.rand(len(labels), 1, 48, 48, generator=generator) > 0.5).float()}
+        for labels in ([3, 9], [1])
+    ]
+    torch.manual_seed(0)
+    video_losses = video({"pred_logits": logits, "pred_masks": masks}, targets)
+    torch.manual_seed(0)
+    image_losses = image({"pred_logits": logits, "pred_masks": masks[:, :, 0]},
+                         [{"labels": t["labels"], "masks": t["masks"][:, 0]} for t in targets])
+    assert video_losses.keys() == image_losses.keys()
+    for name in video_losses:
+        torch.testing.assert_close(video_losses[name], image_losses[name], msg=name)
