@@ -9,7 +9,7 @@ import torch
 from mask2former.config import get_cfg
 from mask2former.data.datasets import load_coco_json
 from mask2former.video.data import COCOPseudoClipDatasetMapper
-from mask2former.video.evaluation import YTVISEvaluator, _encode, evaluate_ytvis
+from mask2former.video.evaluation import YTVISEvaluator, mask_to_rle, evaluate_ytvis
 
 H, W = 20, 20
 VIDEOS = [{"id": 1, "height": H, "width": W}]
@@ -24,12 +24,12 @@ def _box(y0, y1, x0, x1):
 
 def _gt(*frames, category=1):
     return {"video_id": 1, "category_id": category, "iscrowd": 0,
-            "segmentations": [None if f is None else _encode(f) for f in frames]}
+            "segmentations": [None if f is None else mask_to_rle(f) for f in frames]}
 
 
 def _dt(score, *frames, category=1):
     return {"video_id": 1, "category_id": category, "score": score,
-            "segmentations": [_encode(np.zeros((H, W), bool) if f is None else f) for f in frames]}
+            "segmentations": [mask_to_rle(np.zeros((H, W), bool) if f is None else f) for f in frames]}
 
 
 def _ap(gt, dt):

@@ -36,6 +36,8 @@ __all__ = [
     "build_video_evaluator",
     "evaluate_ytvis",
     "instances_to_ytvis_gt",
+    "load_ytvis_ground_truth",
+    "mask_to_rle",
     "video_output_to_ytvis_json",
 ]
 
@@ -44,7 +46,8 @@ logger = logging.getLogger(__name__)
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
-def _encode(mask: np.ndarray) -> dict:
+def mask_to_rle(mask: np.ndarray) -> dict:
+    """Compressed COCO RLE (``counts`` as ASCII text, JSON-serialisable) of a bool [H, W] mask."""
     rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
@@ -71,7 +74,7 @@ def video_output_to_ytvis_json(video_id: int, output: Dict, contiguous_to_datase
         masks = masks.cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
         category = contiguous_to_dataset_id[int(label)] if contiguous_to_dataset_id else int(label)
         results.append({"video_id": int(video_id), "score": float(score), "category_id": int(category),
-                        "segmentations": [_encode(m) for m in masks]})
+                        "segmentations": [mask_to_rle(m) for m in masks]})
     return results
 
 
@@ -87,7 +90,7 @@ def instances_to_ytvis_gt(video_id: int, frames: Sequence, contiguous_to_dataset
         if not bool((ids[g] != -1).any()):
             continue
         segms = [
-            _encode(inst.gt_masks[g].cpu().numpy()) if int(inst.gt_ids[g]) != -1 else None for inst in frames
+            mask_to_rle(inst.gt_masks[g].cpu().numpy()) if int(inst.gt_ids[g]) != -1 else None for inst in frames
         ]
         label = int(frames[0].gt_classes[g])
         category = contiguous_to_dataset_id[label] if contiguous_to_dataset_id else label
