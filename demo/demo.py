@@ -6,6 +6,10 @@ Example::
         --input input1.jpg "images/*.jpg" --output out_dir/ \
         --opts MODEL.WEIGHTS model_final_94dc52.pkl MODEL.DEVICE cpu
 
+With a video model (``configs/youtubevis_*``), ``--video-input`` runs it on windows of
+``TEST.VIDEO_WINDOW_SIZE`` frames (see ``VideoPredictor`` for the memory bound) and instances keep
+their colour and ``#id`` across frames.
+
 Each output is written to a temporary file beside its destination and renamed when complete, so an
 error never leaves a partial file behind. Errors are reported on stderr with exit status 1.
 """
@@ -26,6 +30,7 @@ from mask2former.config import get_cfg
 from mask2former.data.image_io import read_image
 from mask2former.engine.predictor import Predictor
 from mask2former.utils.visualizer import Visualizer
+from mask2former.video.predictor import VideoPredictor
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
@@ -192,10 +197,29 @@ def run_on_images(
         logger.info(f"{path} -> {out_path}")
 
 
+def image_model_overlays(predictor: Predictor, frames, confidence_threshold: float):
+    """Overlay of every BGR frame predicted on its own by an image model."""
+    for frame in frames:
+        yield visualize(frame, predictor(frame), predictor.metadata, confidence_threshold)
+
+
+def video_model_overlays(predictor, frames, confidence_threshold: float):
+    """Overlays of a video model run window by window (``VideoPredictor.track``): an instance keeps
+    its colour and ``#id`` across frames."""
+    from mask2former.video.visualizer import VideoVisualizer
+
+    for frame, instances in predictor.track(frames):
+        visualizer = VideoVisualizer(frame[:, :, ::-1], predictor.metadata)
+        vis = visualizer.draw_tracks(instances, confidence_threshold)
+        yield np.ascontiguousarray(vis[:, :, ::-1])
+
+
 def run_on_video(
-    predictor: Predictor, video_path: str, output: str, confidence_threshold: float
+    predictor: Predictor, video_path: str, output: str, confidence_threshold: float,
+    overlays: Callable = image_model_overlays,
 ) -> None:
-    """Write the overlay of every frame of ``video_path`` to a video (``output`` file or directory).
+    """Write the overlay of every frame of ``video_path`` to a video (``output`` file or directory);
+    ``overlays(predictor, frames, confidence_threshold)`` turns the frame stream into overlays.
 
     Raises:
         FileNotFoundError: the video does not exist.
@@ -225,20 +249,17 @@ def run_on_video(
             )
             if not writer.isOpened():
                 raise ValueError(f"OpenCV cannot write a {ext} video to {out_path}")
-            try:
+            def frames():
                 current, ok = frame, True
+                while ok:
+                    yield current
+                    ok, current = video.read()
+
+            try:
                 with tqdm.tqdm(total=num_frames, desc="frames") as bar:
-                    while ok:
-                        writer.write(
-                            visualize(
-                                current,
-                                predictor(current),
-                                predictor.metadata,
-                                confidence_threshold,
-                            )
-                        )
+                    for overlay in overlays(predictor, frames(), confidence_threshold):
+                        writer.write(overlay)
                         bar.update(1)
-                        ok, current = video.read()
             finally:
                 writer.release()
 
@@ -254,11 +275,15 @@ def main(argv: List[str] = None) -> int:
     try:
         cfg = setup_cfg(args)
         inputs = expand_inputs(args.input) if args.input else None
-        predictor = Predictor(cfg)
+        video_model = cfg.MODEL.META_ARCHITECTURE == "VideoMaskFormer"
+        if video_model and inputs is not None:
+            raise ValueError("a video model (VideoMaskFormer) needs --video-input")
+        predictor = VideoPredictor(cfg) if video_model else Predictor(cfg)
         if inputs is not None:
             run_on_images(predictor, inputs, args.output, args.confidence_threshold)
         else:
-            run_on_video(predictor, args.video_input, args.output, args.confidence_threshold)
+            overlays = video_model_overlays if video_model else image_model_overlays
+            run_on_video(predictor, args.video_input, args.output, args.confidence_threshold, overlays)
     except (OSError, ValueError, KeyError) as e:
         print(f"demo.py: error: {e}", file=sys.stderr)
         return 1

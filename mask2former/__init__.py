@@ -2,11 +2,12 @@
 Segmentation", CVPR 2022): one architecture for panoptic, instance and semantic segmentation.
 
 Importing the package registers the meta-architecture, heads, pixel decoders, transformer
-decoder and backbones (into Detectron2's registries when Detectron2 is installed) and the
-built-in datasets.
+decoder and backbones (into Detectron2's registries when Detectron2 is installed), the video
+model (:mod:`mask2former.video`) and the built-in datasets.
 """
 from . import data  # noqa: F401  (registers the built-in datasets)
 from . import modeling  # noqa: F401  (registers the model components)
+from . import video  # noqa: F401  (registers the video model and the YouTube-VIS datasets)
 from .config import add_maskformer2_config, get_cfg
 from .engine.predictor import Predictor
 from .modeling.build import build_model

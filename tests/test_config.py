@@ -86,7 +86,8 @@ def test_every_config_loads(path):
     assert cfg.INPUT.FORMAT == "RGB"
     assert cfg.MODEL.PIXEL_MEAN == [123.675, 116.280, 103.530]
     if path.stem != "Base":
-        assert cfg.MODEL.META_ARCHITECTURE == "MaskFormer"
+        video = path.parent.name.startswith("youtubevis")
+        assert cfg.MODEL.META_ARCHITECTURE == ("VideoMaskFormer" if video else "MaskFormer")
         assert cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME == "MSDeformAttnPixelDecoder"
         assert cfg.MODEL.MASK_FORMER.DEC_LAYERS == 10
 

@@ -32,12 +32,23 @@ ORIGINAL_TO_CONFIG = {
         "ade20k/semantic/swin_L.yaml",
     "ade20k/panoptic-segmentation/maskformer2_R50_bs16_160k.yaml": "ade20k/panoptic/R50.yaml",
     "cityscapes/semantic-segmentation/maskformer2_R50_bs16_90k.yaml": "cityscapes/semantic/R50.yaml",
+    # Video instance segmentation (mask2former_video)
+    "youtubevis_2019/video_maskformer2_R50_bs16_8ep.yaml": "youtubevis_2019/R50.yaml",
+    "youtubevis_2019/video_maskformer2_R101_bs16_8ep.yaml": "youtubevis_2019/R101.yaml",
+    "youtubevis_2019/swin/video_maskformer2_swin_tiny_bs16_8ep.yaml": "youtubevis_2019/swin_T.yaml",
+    "youtubevis_2019/swin/video_maskformer2_swin_small_bs16_8ep.yaml": "youtubevis_2019/swin_S.yaml",
+    "youtubevis_2019/swin/video_maskformer2_swin_base_IN21k_384_bs16_8ep.yaml": "youtubevis_2019/swin_B.yaml",
+    "youtubevis_2019/swin/video_maskformer2_swin_large_IN21k_384_bs16_8ep.yaml": "youtubevis_2019/swin_L.yaml",
+    "youtubevis_2021/video_maskformer2_R50_bs16_8ep.yaml": "youtubevis_2021/R50.yaml",
+    "youtubevis_2021/swin/video_maskformer2_swin_large_IN21k_384_bs16_8ep.yaml": "youtubevis_2021/swin_L.yaml",
 }
 
 MANIFEST_NAMES = [
     "ade20k_panoptic_R50", "ade20k_semantic_R50", "ade20k_semantic_swin_L", "cityscapes_semantic_R50",
     "coco_instance_R50", "coco_instance_swin_L", "coco_panoptic_R101", "coco_panoptic_R50",
     "coco_panoptic_swin_B", "coco_panoptic_swin_L", "coco_panoptic_swin_S", "coco_panoptic_swin_T",
+    "ytvis2019_R50", "ytvis2019_R101", "ytvis2019_swin_T", "ytvis2019_swin_S", "ytvis2019_swin_B",
+    "ytvis2019_swin_L", "ytvis2021_R50", "ytvis2021_swin_L",
 ]
 
 

@@ -77,8 +77,8 @@ def _semantic_cfg(cfg, name="mask_former_semantic"):
 
 def test_registry_names_and_build(cfg):
     assert mapper_names() == [
-        "coco_instance_lsj", "coco_panoptic_lsj", "mask_former_instance", "mask_former_panoptic",
-        "mask_former_semantic",
+        "coco_instance_lsj", "coco_panoptic_lsj", "coco_pseudo_clip", "mask_former_instance",
+        "mask_former_panoptic", "mask_former_semantic", "ytvis_clip",
     ]
     assert isinstance(build_dataset_mapper(_lsj_cfg(cfg, "coco_panoptic_lsj")), COCOPanopticNewBaselineDatasetMapper)
     cfg = _semantic_cfg(cfg, "mask_former_instance")

@@ -9,5 +9,6 @@ from .configurable import configurable
 from .deeplab import add_deeplab_config
 from .defaults import get_cfg
 from .maskformer2 import add_maskformer2_config
+from .video import add_maskformer2_video_config
 
-__all__ = ["CfgNode", "add_deeplab_config", "add_maskformer2_config", "configurable", "get_cfg"]
+__all__ = ["CfgNode", "add_deeplab_config", "add_maskformer2_config", "add_maskformer2_video_config", "configurable", "get_cfg"]

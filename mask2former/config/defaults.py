@@ -11,6 +11,7 @@ iterations.
 """
 from .config import CfgNode as CN
 from .maskformer2 import add_maskformer2_config
+from .video import add_maskformer2_video_config
 
 __all__ = ["get_cfg"]
 
@@ -360,7 +361,8 @@ _C.GLOBAL.HACK = 1.0
 
 def get_cfg() -> CN:
     """Return a fresh copy of the full default config: Detectron2's schema plus the Mask2Former keys
-    (:func:`add_maskformer2_config`, which includes the DeepLab keys).
+    (:func:`add_maskformer2_config`, which includes the DeepLab keys) and the video keys
+    (:func:`add_maskformer2_video_config`).
 
     Typical use::
 
@@ -371,4 +373,5 @@ def get_cfg() -> CN:
     """
     cfg = _C.clone()
     add_maskformer2_config(cfg)
+    add_maskformer2_video_config(cfg)
     return cfg

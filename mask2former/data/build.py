@@ -38,7 +38,10 @@ def get_dataset_dicts(names: Sequence[str], filter_empty: bool = True) -> List[D
 
 def _is_empty(record: Dict) -> bool:
     if "annotations" in record:
-        return not any(ann.get("iscrowd", 0) == 0 for ann in record["annotations"])
+        annotations = record["annotations"]
+        if annotations and isinstance(annotations[0], list):  # a video: one list per frame
+            annotations = [ann for frame in annotations for ann in frame]
+        return not any(ann.get("iscrowd", 0) == 0 for ann in annotations)
     if "segments_info" in record:
         return len(record["segments_info"]) == 0
     return False

@@ -60,7 +60,7 @@ from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..config import add_maskformer2_config
+from ..config import add_maskformer2_config, add_maskformer2_video_config
 from ..data.dataset_mappers import build_dataset_mapper
 from ..evaluation import COCOPanopticEvaluator as StandaloneCOCOPanopticEvaluator
 from ..evaluation import InstanceSegEvaluator
@@ -220,6 +220,7 @@ def setup(args):
     else:
         add_deeplab_config(cfg)
     add_maskformer2_config(cfg)
+    add_maskformer2_video_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()

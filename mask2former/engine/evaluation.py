@@ -9,6 +9,7 @@ import torch
 
 from ..data.build import build_test_loader
 from ..data.catalog import DatasetCatalog, MetadataCatalog
+from ..data.dataset_mappers import build_dataset_mapper
 from ..data.image_io import read_image
 from ..data.transforms import ResizeShortestEdge
 from ..evaluation import (
@@ -20,6 +21,8 @@ from ..evaluation import (
     inference_on_dataset,
 )
 from ..utils import comm
+from ..video.evaluation import build_video_evaluator
+from ..video.meta_arch import VideoMaskFormer
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +95,13 @@ def evaluate_model(cfg, model: torch.nn.Module, tag: str = "") -> Dict[str, Dict
         output_dir = os.path.join(cfg.OUTPUT_DIR, "inference" + tag, name)
         if comm.is_main_process():
             os.makedirs(output_dir, exist_ok=True)
-        loader = build_test_loader(DatasetCatalog.get(name), TestMapper(cfg), cfg.DATALOADER.NUM_WORKERS)
-        dataset_results = inference_on_dataset(model, loader, build_evaluator(cfg, name, output_dir)) or {}
+        if isinstance(model, VideoMaskFormer):  # clips in, YouTube-VIS AP out
+            mapper = build_dataset_mapper(cfg, is_train=False)
+            evaluator = build_video_evaluator(name, output_dir)
+        else:
+            mapper, evaluator = TestMapper(cfg), build_evaluator(cfg, name, output_dir)
+        loader = build_test_loader(DatasetCatalog.get(name), mapper, cfg.DATALOADER.NUM_WORKERS)
+        dataset_results = inference_on_dataset(model, loader, evaluator) or {}
         prefix = f"{name}/" if len(cfg.DATASETS.TEST) > 1 else ""
         results.update({prefix + task + tag: metrics for task, metrics in dataset_results.items()})
     if comm.is_main_process() and results:

@@ -74,15 +74,15 @@ class HungarianMatcher(nn.Module):
                 continue
             probs = outputs["pred_logits"][b].float().softmax(-1)
             cost_class = -probs[:, target["labels"]]
-            pred_masks = outputs["pred_masks"][b][:, None].float()
-            tgt_masks = target["masks"][:, None].to(pred_masks)
+            pred_masks = self.as_sample_maps(outputs["pred_masks"][b]).float()
+            tgt_masks = self.as_sample_maps(target["masks"]).to(pred_masks)
             point_coords = torch.rand(1, self.num_points, 2, device=pred_masks.device)
             tgt_points = point_sample(
                 tgt_masks, point_coords.repeat(tgt_masks.shape[0], 1, 1), align_corners=False
-            ).squeeze(1)
+            ).flatten(1)
             pred_points = point_sample(
                 pred_masks, point_coords.repeat(pred_masks.shape[0], 1, 1), align_corners=False
-            ).squeeze(1)
+            ).flatten(1)
             with torch.autocast(device_type=pred_masks.device.type, enabled=False):
                 cost_mask = batch_sigmoid_ce_cost(pred_points, tgt_points)
                 cost_dice = batch_dice_cost(pred_points, tgt_points)
@@ -92,3 +92,9 @@ class HungarianMatcher(nn.Module):
                 (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
             )
         return indices
+
+    @staticmethod
+    def as_sample_maps(masks: torch.Tensor) -> torch.Tensor:
+        """[N, H, W] masks as the [N, C, H, W] maps the points are sampled from (C = 1); the costs
+        compare the C * P sampled values of each mask."""
+        return masks[:, None]

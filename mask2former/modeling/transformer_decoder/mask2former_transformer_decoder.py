@@ -154,7 +154,19 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             pos.append(self.pe_layer(feature).flatten(2).permute(2, 0, 1))
             level = self.input_proj[i](feature).flatten(2) + self.level_embed.weight[i][None, :, None]
             src.append(level.permute(2, 0, 1))
+        return self.decode(src, pos, sizes, mask_features)
 
+    def decode(self, src, pos, sizes, mask_features: torch.Tensor) -> Dict[str, object]:
+        """The masked-attention layers on flattened memory.
+
+        Args:
+            src, pos: per level, memory tokens and their position embeddings [S_l, N, C].
+            sizes: per level, the (h, w) grid the next layer's attention mask is resized to.
+            mask_features: per-pixel embeddings, as :meth:`forward_prediction_heads` takes them.
+
+        Returns:
+            the dict of :meth:`forward`.
+        """
         batch = src[0].shape[1]
         query_embed = self.query_embed.weight.unsqueeze(1).repeat(1, batch, 1)
         output = self.query_feat.weight.unsqueeze(1).repeat(1, batch, 1)
