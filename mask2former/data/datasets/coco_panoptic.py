@@ -105,14 +105,20 @@ def register_coco_panoptic(
     image_root: str,
     panoptic_root: str,
     panoptic_json: str,
-    instances_json: str,
+    instances_json: Optional[str] = None,
 ) -> None:
     """Register Detectron2's "standard" COCO panoptic dataset ``name`` (lazy loading).
 
-    Metadata: ``panoptic_root``, ``image_root``, ``panoptic_json``, ``json_file``,
-    ``evaluator_type="coco_panoptic_seg"``, ``ignore_label=255``, ``label_divisor=1000`` and
-    ``metadata``.
+    Metadata: ``panoptic_root``, ``image_root``, ``panoptic_json``, ``json_file``
+    (``instances_json``, for COCO AP; ``None``: no AP), ``evaluator_type="coco_panoptic_seg"``,
+    ``ignore_label=255``, ``label_divisor=1000`` and ``metadata``. When ``metadata`` has no
+    ``thing_dataset_id_to_contiguous_id``, the class metadata is read from the categories of
+    ``panoptic_json`` now (:func:`.custom.coco_panoptic_metadata`).
     """
+    if "thing_dataset_id_to_contiguous_id" not in metadata:
+        from .custom import coco_panoptic_metadata
+
+        metadata = {**coco_panoptic_metadata(panoptic_json), **metadata}
     DatasetCatalog.register(
         name, lambda: load_coco_panoptic_json(panoptic_json, image_root, panoptic_root, metadata)
     )
