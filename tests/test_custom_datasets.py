@@ -37,7 +37,7 @@ from mask2former.engine.custom_datasets import (
 )
 from mask2former.engine.defaults import default_argument_parser
 from mask2former.modeling.build import build_model
-from training_utils import REPO_ROOT, write_config
+from training_utils import REPO_ROOT
 
 CLASS_HEAD = (
     "sem_seg_head.predictor.class_embed.weight",

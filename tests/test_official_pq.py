@@ -9,7 +9,7 @@ from PIL import Image
 
 from mask2former.data.panoptic_format import id2rgb, rgb2id
 from mask2former.evaluation import COCOPanopticEvaluator, pq_compute
-from mask2former.evaluation.official_pq import pq_compute_panopticapi
+from mask2former.evaluation.official_pq import pq_compute_official
 
 panopticapi_evaluation = pytest.importorskip(
     "panopticapi.evaluation", reason="install with: pip install --no-deps panopticapi-lite"
@@ -110,7 +110,7 @@ def test_pq_equals_panopticapi(coco_panoptic, tmp_path, kind, seed):
     else:  # the perturbation changed the result, so the comparison is not of trivial values
         assert 0.0 < ours["All"]["pq"] < 0.95
     # The evaluator's selectable official path gives the same numbers and statistics.
-    wrapped = pq_compute_panopticapi(str(gt_json), str(pred_json), str(gt_folder), str(pred_folder))
+    wrapped = pq_compute_official("panopticapi", str(gt_json), str(pred_json), str(gt_folder), str(pred_folder))
     _assert_same(wrapped, official, tol=0.0)
     for category_id, stat in ours["stat"].pq_per_cat.items():
         other = wrapped["stat"][category_id]

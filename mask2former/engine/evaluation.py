@@ -12,6 +12,8 @@ from ..data.catalog import DatasetCatalog, MetadataCatalog
 from ..data.image_io import read_image
 from ..data.transforms import ResizeShortestEdge
 from ..evaluation import (
+    CityscapesInstanceEvaluator,
+    CityscapesSemSegEvaluator,
     COCOEvaluator,
     COCOPanopticEvaluator,
     DatasetEvaluator,
@@ -19,6 +21,7 @@ from ..evaluation import (
     SemSegEvaluator,
     inference_on_dataset,
 )
+from ..evaluation.official_pq import pq_module_available
 from ..utils import comm
 
 logger = logging.getLogger(__name__)
@@ -46,11 +49,13 @@ class TestMapper:
 
 def build_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
     """Evaluators for ``dataset_name`` by its metadata ``evaluator_type`` and the enabled outputs
-    (``MODEL.MASK_FORMER.TEST.{PANOPTIC,INSTANCE,SEMANTIC}_ON``).
+    (``MODEL.MASK_FORMER.TEST.{PANOPTIC,INSTANCE,SEMANTIC}_ON``). Cityscapes datasets are
+    evaluated by the official ``cityscapesscripts`` (semantic, instance and panoptic; without
+    it, semantic datasets get :class:`SemSegEvaluator` and a warning).
 
     Raises:
-        NotImplementedError: for an evaluator type without a standalone evaluator (Cityscapes'
-            official scripts).
+        NotImplementedError: no evaluator for the evaluator type and the enabled outputs.
+        ImportError: a Cityscapes dataset without cityscapesscripts installed.
     """
     metadata = MetadataCatalog.get(dataset_name)
     kind = metadata.get("evaluator_type", None)
@@ -63,9 +68,26 @@ def build_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator
             evaluators.append(COCOEvaluator(dataset_name, output_dir=output_dir))
         if test.SEMANTIC_ON and metadata.get("sem_seg_root", None):
             evaluators.append(SemSegEvaluator(dataset_name, output_dir=output_dir))
+    elif kind == "cityscapes_panoptic_seg":
+        if test.PANOPTIC_ON:
+            evaluators.append(
+                COCOPanopticEvaluator(dataset_name, output_dir, pq_implementation="cityscapesscripts")
+            )
+        if test.INSTANCE_ON:
+            evaluators.append(CityscapesInstanceEvaluator(dataset_name))
+        if test.SEMANTIC_ON:
+            evaluators.append(CityscapesSemSegEvaluator(dataset_name))
     elif kind == "coco":
         evaluators.append(COCOEvaluator(dataset_name, output_dir=output_dir))
-    elif kind in ("sem_seg", "cityscapes_sem_seg"):
+    elif kind == "cityscapes_instance":
+        evaluators.append(CityscapesInstanceEvaluator(dataset_name))
+    elif kind == "cityscapes_sem_seg" and pq_module_available("cityscapesscripts"):
+        evaluators.append(CityscapesSemSegEvaluator(dataset_name))
+    elif kind == "cityscapes_sem_seg":
+        logger.warning("cityscapesscripts is not installed: %s gets this package's mIoU, not the "
+                       "official Cityscapes metrics (pip install cityscapesscripts)", dataset_name)
+        evaluators.append(SemSegEvaluator(dataset_name, output_dir=output_dir))
+    elif kind == "sem_seg":
         evaluators.append(SemSegEvaluator(dataset_name, output_dir=output_dir))
     if not evaluators:
         raise NotImplementedError(

@@ -20,7 +20,7 @@ from mask2former.utils import comm
 from .evaluator import DatasetEvaluator
 from .metadata import require_field, resolve_metadata
 from ..data.panoptic_format import id2rgb
-from .official_pq import PQ_IMPLEMENTATIONS, panopticapi_available, pq_compute_panopticapi
+from .official_pq import PQ_IMPLEMENTATIONS, pq_compute_official, pq_module_available
 from .panoptic_quality import pq_compute
 from .tables import create_per_category_table
 
@@ -72,23 +72,24 @@ class COCOPanopticEvaluator(DatasetEvaluator):
             num_workers: worker processes for the PQ computation; ``None``: ``min(8, CPUs)`` when
                 at least 64 images were predicted, else 0 (in this process).
             pq_implementation: "mask2former" (:func:`.panoptic_quality.pq_compute`, the
-                default: no extra dependency) or "panopticapi" (the official code, see
-                :mod:`.official_pq`; ``num_workers`` is then one per CPU). The log names the one
-                that ran.
+                default: no extra dependency), "panopticapi" or "cityscapesscripts" (official
+                code, see :mod:`.official_pq`; ``num_workers`` is then one per CPU). The log
+                names the one that ran.
 
         Raises:
             ValueError: ``panoptic_json`` or ``panoptic_root`` is given neither way, or an
                 unknown ``pq_implementation``.
-            ImportError: "panopticapi" without panopticapi installed.
+            ImportError: an official implementation whose package is not installed.
         """
         if pq_implementation not in PQ_IMPLEMENTATIONS:
             raise ValueError(
-                f"pq_implementation={pq_implementation!r}; expected one of {PQ_IMPLEMENTATIONS}."
+                f"pq_implementation={pq_implementation!r}; expected one of "
+                f"{sorted(PQ_IMPLEMENTATIONS)}."
             )
-        if pq_implementation == "panopticapi" and not panopticapi_available():
+        if pq_implementation != "mask2former" and not pq_module_available(pq_implementation):
             raise ImportError(
-                "pq_implementation='panopticapi' needs panopticapi: "
-                "pip install --no-deps panopticapi-lite"
+                f"pq_implementation={pq_implementation!r} needs the {pq_implementation} package "
+                "(see mask2former.evaluation.official_pq)."
             )
         self._pq_implementation = pq_implementation
         self._dataset_name = dataset_name
@@ -202,15 +203,22 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         return min(8, os.cpu_count() or 1) if num_images >= _PARALLEL_MIN_IMAGES else 0
 
     def _pq_compute(self, pred_json_file: str, pred_dir: str, num_images: int) -> dict:
-        if self._pq_implementation == "panopticapi":
-            logger.info("Panoptic quality computed by panopticapi.evaluation (official code)")
-            return pq_compute_panopticapi(
-                self._panoptic_json, pred_json_file, self._panoptic_root, pred_dir
+        if self._pq_implementation != "mask2former":
+            logger.info(
+                "Panoptic quality computed by %s (official code)",
+                PQ_IMPLEMENTATIONS[self._pq_implementation],
+            )
+            return pq_compute_official(
+                self._pq_implementation,
+                self._panoptic_json,
+                pred_json_file,
+                self._panoptic_root,
+                pred_dir,
             )
         logger.info(
             "Panoptic quality computed by mask2former.evaluation.panoptic_quality%s",
             " (panopticapi is installed too: pq_implementation='panopticapi' runs the official "
-            "code)" if panopticapi_available() else "",
+            "code)" if pq_module_available("panopticapi") else "",
         )
         return pq_compute(
             self._panoptic_json,
