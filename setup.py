@@ -91,7 +91,9 @@ setup(
     ext_modules=EXT_MODULES,
     cmdclass=CMDCLASS,
     extras_require={
-        "dev": ["pytest>=7"],
+        "dev": ["pytest>=7", "cityscapesscripts"],
         "detectron2": [],
+        # Cityscapes' official evaluation (semantic, instance, panoptic).
+        "cityscapes": ["cityscapesscripts"],
     },
 )

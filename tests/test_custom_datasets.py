@@ -35,8 +35,11 @@ from mask2former.engine.custom_datasets import (
     check_num_classes,
     register_datasets,
 )
+from mask2former.data.panoptic_format import rgb2id
 from mask2former.engine.defaults import default_argument_parser
+from mask2former.engine.evaluation import evaluate_model
 from mask2former.modeling.build import build_model
+from mask2former.structures import Instances
 from training_utils import REPO_ROOT
 
 CLASS_HEAD = (
@@ -110,6 +113,37 @@ def test_registration_errors_name_the_file(tmp_path, coco, registered):
 # ---------------------------------------------------------------------- metadata and records
 
 
+class _PanopticOracle(torch.nn.Module):
+    """Panoptic, instance and semantic outputs made from each input's panoptic ground truth."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, batched_inputs):
+        outputs = []
+        for record in batched_inputs:
+            ids = rgb2id(np.asarray(Image.open(record["pan_seg_file_name"]).convert("RGB")))
+            segments = record["segments_info"]
+            scores = torch.zeros(self.num_classes, *ids.shape)
+            for s in segments:
+                scores[s["category_id"]][torch.as_tensor(ids == s["id"])] = 1.0
+            kept = [s for s in segments if not s["iscrowd"]]
+            things = [s for s in kept if s["isthing"]]
+            instances = Instances(ids.shape)
+            instances.pred_masks = torch.as_tensor(np.stack([ids == s["id"] for s in things]))
+            instances.scores = torch.ones(len(things))
+            instances.pred_classes = torch.as_tensor([s["category_id"] for s in things])
+            panoptic = np.where(np.isin(ids, [s["id"] for s in kept]), ids, 0)
+            outputs.append({
+                "sem_seg": scores,
+                "instances": instances,
+                "panoptic_seg": (torch.as_tensor(panoptic), [
+                    {"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]} for s in kept]),
+            })
+        return outputs
+
+
 def test_coco_instances_metadata_from_the_json(coco, registered):
     json_file = coco / "annotations" / "instances_train2017.json"
     registered.append("mine_instances")
@@ -148,6 +182,27 @@ def test_coco_panoptic_metadata_and_mapper(coco, registered):
     check_num_classes(cfg)
     sample = build_dataset_mapper(cfg, is_train=True)(records[0])
     assert sample["image"].shape == (3, 256, 256) and len(sample["instances"].gt_classes) > 0
+
+
+def test_custom_panoptic_dataset_gets_pq_ap_and_miou(coco, registered, tmp_path):
+    """Only panoptic JSON + PNGs: AP and mIoU use ground truth derived from them; predictions
+    equal to the ground truth score 100 on all three."""
+    registered.append("mine_pan_eval")
+    register_datasets([["mine_pan_eval", "coco_panoptic", str(coco / "annotations" / "panoptic_val2017.json"),
+                        str(coco / "panoptic_val2017"), str(coco / "val2017")]])
+    cfg = mask2former.get_cfg()
+    cfg.merge_from_list(["DATASETS.TEST", "('mine_pan_eval',)", "INPUT.MIN_SIZE_TEST", "0", "OUTPUT_DIR", str(tmp_path)]
+                        + [v for k in ("PANOPTIC", "INSTANCE", "SEMANTIC") for v in (f"MODEL.MASK_FORMER.TEST.{k}_ON", "True")])
+    results = evaluate_model(cfg, _PanopticOracle(133))
+    assert results["panoptic_seg"]["PQ"] == pytest.approx(100.0)
+    assert results["segm"]["AP"] == pytest.approx(100.0) and results["bbox"]["AP"] == pytest.approx(100.0)
+    assert results["sem_seg"]["mIoU"] == pytest.approx(100.0)
+    derived = json.loads((tmp_path / "inference" / "mine_pan_eval" / "instances_from_panoptic.json").read_text())
+    panoptic = json.loads((coco / "annotations" / "panoptic_val2017.json").read_text())
+    things = {c["id"] for c in panoptic["categories"] if c["isthing"]}
+    expected = sorted((a["image_id"], s["category_id"], s["area"]) for a in panoptic["annotations"]
+                      for s in a["segments_info"] if s["category_id"] in things)
+    assert sorted((a["image_id"], a["category_id"], a["area"]) for a in derived["annotations"]) == expected
 
 
 def test_num_classes_check_names_key_dataset_and_numbers(coco, registered):
@@ -302,3 +357,28 @@ def test_train_net_custom_semantic_dataset_from_ade20k(datasets_root, reference_
     assert 0 <= metrics["sem_seg/mIoU"] <= 100 and len(per_class) == 10
     assert metrics["sem_seg/mIoU"] == pytest.approx(np.nanmean(per_class), abs=1e-6)
     shutil.rmtree(out)
+
+
+def test_demo_and_benchmark_take_dataset_option(coco, reference_dir, tmp_path):
+    fixture = reference_dir / "thin_r50_coco_panoptic"
+    dataset = ["--dataset", "mine", "coco_panoptic", str(coco / "annotations" / "panoptic_val2017.json"),
+               str(coco / "panoptic_val2017"), str(coco / "val2017")]
+    overrides = ["MODEL.WEIGHTS", str(fixture / "model.pkl"), "MODEL.DEVICE", "cpu", "DATASETS.TEST", "('mine',)",
+                 "DATASETS.TRAIN", "('mine',)", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192"]
+    image = coco / "val2017" / "000000039769.jpg"
+    demo = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "demo" / "demo.py"), "--config-file", str(fixture / "config.yaml"), *dataset,
+         "--input", str(image), "--output", str(tmp_path / "demo"), "--opts", *overrides],
+        capture_output=True, text=True, env=_env(), timeout=600,
+    )
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert (tmp_path / "demo" / "000000039769.png").is_file()
+    benchmark = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools" / "benchmark.py"), "--config-file", str(fixture / "config.yaml"),
+         "--task", "inference", "--device", "cpu", "--num-images", "1", "--warmup", "0", "--iters", "1",
+         "--output", str(tmp_path / "bench.json"), *dataset, *overrides],
+        capture_output=True, text=True, env=_env(), timeout=600,
+    )
+    assert benchmark.returncode == 0, benchmark.stderr[-3000:]
+    first = json.loads((coco / "annotations" / "panoptic_val2017.json").read_text())["annotations"][0]
+    assert first["file_name"].replace(".png", ".jpg") in benchmark.stderr  # the custom dataset's images
