@@ -82,7 +82,7 @@ def setup_cfg(args: argparse.Namespace):
     """
     if not os.path.isfile(args.config_file):
         raise FileNotFoundError(f"Config file not found: {args.config_file}")
-    register_datasets(args.datasets)
+    register_datasets(getattr(args, "datasets", []))
     cfg = get_cfg()
     try:
         cfg.merge_from_file(args.config_file)

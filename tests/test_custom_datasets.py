@@ -297,14 +297,18 @@ def _cocoeval_stats(gt_json, results_json, iou_type):
 
 def test_train_net_custom_instance_dataset_trains_and_ap_equals_pycocotools(coco, reference_dir, tmp_path):
     """The 80 COCO train images by path: fine-tuned from the 133-class panoptic fixture with 80
-    classes for a few iterations, then evaluated by the same command."""
-    json_file = coco / "annotations" / "instances_train2017.json"
+    classes for a few iterations, then evaluated by the same command on them and on the 3 val
+    images (a second custom dataset); every AP equals COCOeval run on the written results."""
+    gt = {"mine": coco / "annotations" / "instances_train2017.json",
+          "mine_val": coco / "annotations" / "instances_val2017.json"}
     out = tmp_path / "run"
     config = _fixture_finetune_config(tmp_path / "cfg.yaml", reference_dir / "thin_r50_coco_panoptic", out,
                                       80, "mine", iters=4)
     run = subprocess.run(
         [sys.executable, str(REPO_ROOT / "train_net.py"), "--config-file", str(config),
-         "--dataset", "mine", "coco_instances", str(json_file), str(coco / "train2017")],
+         "--dataset", "mine", "coco_instances", str(gt["mine"]), str(coco / "train2017"),
+         "--dataset", "mine_val", "coco_instances", str(gt["mine_val"]), str(coco / "val2017"),
+         "DATASETS.TEST", "('mine', 'mine_val')"],
         capture_output=True, text=True, env=_env(), timeout=900,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -313,15 +317,16 @@ def test_train_net_custom_instance_dataset_trains_and_ap_equals_pycocotools(coco
     assert "class_embed" in log  # the class head was not loaded from the 133-class checkpoint
     metrics = json.loads((out / "metrics.json").read_text().splitlines()[-1])
     assert metrics["iteration"] == 3
-    results_json = out / "inference" / "mine" / "coco_instances_results.json"
-    predictions = json.loads(results_json.read_text())
-    assert len(predictions) == 80 * 100
-    assert {p["image_id"] for p in predictions} == {r["id"] for r in json.loads(json_file.read_text())["images"]}
     names = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-    for task in ("segm", "bbox"):
-        stats = _cocoeval_stats(json_file, results_json, task)
-        for name, value in zip(names, stats):
-            assert metrics[f"{task}/{name}"] == pytest.approx(100 * value, abs=1e-9), (task, name)
+    for dataset, json_file in gt.items():
+        results_json = out / "inference" / dataset / "coco_instances_results.json"
+        predictions = json.loads(results_json.read_text())
+        images = {r["id"] for r in json.loads(json_file.read_text())["images"]}
+        assert len(predictions) == 100 * len(images) and {p["image_id"] for p in predictions} == images
+        for task in ("segm", "bbox"):
+            stats = _cocoeval_stats(json_file, results_json, task)
+            for name, value in zip(names, stats):
+                assert metrics[f"{dataset}/{task}/{name}"] == pytest.approx(100 * value, abs=1e-9), (dataset, task)
 
 
 def test_train_net_custom_semantic_dataset_from_ade20k(datasets_root, reference_dir, tmp_path):

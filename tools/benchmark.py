@@ -186,7 +186,7 @@ def build_cfg(args, setting: Setting, task: str):
     training, the batch size, crop and mixed precision of the benchmark."""
     if not args.config_file:
         raise ValueError(f"--config-file is required for --task {task}")
-    register_datasets(args.datasets)
+    register_datasets(getattr(args, "datasets", []))
     cfg = get_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
