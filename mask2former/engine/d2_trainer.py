@@ -229,9 +229,9 @@ def setup(args):
     check_num_classes(cfg)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mask2former")
     for change in changes:
         logging.getLogger("mask2former").info("Config fitted to the datasets: %s", change)
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mask2former")
     return cfg
 
 

@@ -20,7 +20,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from ...utils.visualizer import _palette_color
 from ..catalog import DatasetCatalog, MetadataCatalog
-from ._paths import require_dir, require_file
+from ._paths import require_file
 from .coco import load_coco_json, register_coco_instances
 from .coco_panoptic import register_coco_panoptic
 from .sem_seg import load_sem_seg
@@ -265,22 +265,26 @@ def register_dataset(name: str, dataset_type: str, paths: Sequence[str]) -> None
     if name in DatasetCatalog.list():
         raise ValueError(f"--dataset {name}: a dataset of that name is already registered.")
     paths = [os.path.abspath(os.path.expanduser(p)) for p in paths]
-    layout = _layout(dataset_type)
+    for label, path in zip(expected, paths):
+        is_file = label in ("JSON", "CLASS_LIST")
+        if not (os.path.isfile(path) if is_file else os.path.isdir(path)):
+            raise FileNotFoundError(
+                f"--dataset {name} {dataset_type}: {label} '{path}' is not an existing "
+                f"{'file' if is_file else 'folder'} (PATHs: {' '.join(expected)}; see "
+                "datasets/README.md, 'Use your own dataset')."
+            )
     if dataset_type == "coco_instances":
         json_file, image_root = paths
-        require_dir(image_root, layout)
-        register_coco_instances(name, coco_instances_metadata(json_file), json_file, image_root, layout)
+        register_coco_instances(
+            name, coco_instances_metadata(json_file), json_file, image_root, _layout(dataset_type)
+        )
     elif dataset_type == "coco_panoptic":
         panoptic_json, panoptic_root, image_root = paths
-        require_dir(panoptic_root, layout)
-        require_dir(image_root, layout)
         register_coco_panoptic(
             name, coco_panoptic_metadata(panoptic_json), image_root, panoptic_root, panoptic_json
         )
     else:
         image_root, sem_seg_root, class_list = paths
-        require_dir(image_root, layout)
-        require_dir(sem_seg_root, layout)
         register_sem_seg(name, sem_seg_metadata(read_class_list(class_list)), image_root, sem_seg_root)
     MetadataCatalog.get(name).set(dataset_type=dataset_type)
 
