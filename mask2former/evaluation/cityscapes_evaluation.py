@@ -156,7 +156,8 @@ class CityscapesSemSegEvaluator(_CityscapesEvaluator):
             Image.fromarray(self._label_ids[classes]).save(path)
 
     def evaluate(self) -> Optional["OrderedDict[str, dict]"]:
-        """Returns on rank 0 ``{"sem_seg": {"IoU", "iIoU", "IoU_sup", "iIoU_sup"}}``; None elsewhere.
+        """Returns on rank 0 ``{"sem_seg": {"IoU", "iIoU", "IoU_sup", "iIoU_sup", "IoU-<class>"...}}``
+        (NaN for a class neither in the ground truth nor predicted); None elsewhere.
 
         Raises:
             FileNotFoundError: no ground truth under ``gt_dir``.
@@ -182,7 +183,9 @@ class CityscapesSemSegEvaluator(_CityscapesEvaluator):
             self._cleanup()
         keys = {"IoU": "averageScoreClasses", "iIoU": "averageScoreInstClasses",
                 "IoU_sup": "averageScoreCategories", "iIoU_sup": "averageScoreInstCategories"}
-        return OrderedDict({"sem_seg": {k: 100.0 * float(res[v]) for k, v in keys.items()}})
+        results = {k: 100.0 * float(res[v]) for k, v in keys.items()}
+        results.update({f"IoU-{name}": 100.0 * float(v) for name, v in res["classScores"].items()})
+        return OrderedDict({"sem_seg": results})
 
 
 class CityscapesInstanceEvaluator(_CityscapesEvaluator):
@@ -226,7 +229,8 @@ class CityscapesInstanceEvaluator(_CityscapesEvaluator):
                 f.writelines(lines)
 
     def evaluate(self) -> Optional["OrderedDict[str, dict]"]:
-        """Returns on rank 0 ``{"segm": {"AP", "AP50"}}``; None elsewhere.
+        """Returns on rank 0 ``{"segm": {"AP", "AP50", "AP-<class>"...}}`` (NaN for a class
+        without ground truth or prediction); None elsewhere.
 
         Raises:
             FileNotFoundError: no ground truth under ``gt_dir``.
@@ -257,4 +261,6 @@ class CityscapesInstanceEvaluator(_CityscapesEvaluator):
                 res = official.computeAverages(ap_scores, official.args)
         finally:
             self._cleanup()
-        return OrderedDict({"segm": {"AP": 100.0 * float(res["allAp"]), "AP50": 100.0 * float(res["allAp50%"])}})
+        results = {"AP": 100.0 * float(res["allAp"]), "AP50": 100.0 * float(res["allAp50%"])}
+        results.update({f"AP-{name}": 100.0 * float(v["ap"]) for name, v in res["classes"].items()})
+        return OrderedDict({"segm": results})
