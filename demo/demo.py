@@ -24,12 +24,7 @@ import tqdm
 
 from mask2former.config import get_cfg
 from mask2former.data.image_io import read_image
-from mask2former.engine.custom_datasets import (
-    DatasetArgumentParser,
-    adapt_config_to_datasets,
-    check_num_classes,
-    register_datasets,
-)
+from mask2former.engine.custom_datasets import DatasetArgumentParser, configure_datasets, register_datasets
 from mask2former.engine.predictor import Predictor
 from mask2former.utils.visualizer import Visualizer
 
@@ -92,9 +87,8 @@ def setup_cfg(args: argparse.Namespace):
         cfg.merge_from_list(args.opts)
     except (KeyError, ValueError, TypeError, AssertionError) as e:
         raise ValueError(f"Invalid --opts {args.opts}: {e}") from e
-    for change in adapt_config_to_datasets(cfg):
+    for change in configure_datasets(cfg):
         logger.info("Config fitted to the datasets: %s", change)
-    check_num_classes(cfg)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning(f"MODEL.DEVICE={cfg.MODEL.DEVICE} but CUDA is not available; using cpu")
         cfg.MODEL.DEVICE = "cpu"

@@ -33,6 +33,8 @@ from mask2former.data.datasets.prepare import coco_panoptic_to_semantic
 from mask2former.engine.custom_datasets import (
     adapt_config_to_datasets,
     check_num_classes,
+    configure_datasets,
+    read_definition_file,
     register_datasets,
 )
 from mask2former.data.panoptic_format import rgb2id
@@ -91,6 +93,25 @@ def test_dataset_option_errors(values, message, capsys):
     with pytest.raises(SystemExit):
         default_argument_parser().parse_args(["--config-file", "c.yaml", "--dataset", *values])
     assert message in capsys.readouterr().err
+
+
+def test_definition_file_from_the_config(coco, tmp_path, registered):
+    (tmp_path / "sets.yaml").write_text(
+        f"def_val: {{type: coco_instances, paths: [{coco / 'annotations' / 'instances_val2017.json'}, "
+        f"{coco / 'val2017'}]}}\n")
+    cfg = mask2former.get_cfg()
+    cfg.merge_from_file(str(REPO_ROOT / "configs/coco/panoptic/R50.yaml"))
+    cfg.merge_from_list(["DATASETS.DEFINITION_FILES", f"('{tmp_path / 'sets.yaml'}',)", "DATASETS.TRAIN",
+                         "('def_val',)", "DATASETS.TEST", "('def_val',)", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "80"])
+    registered.append("def_val")
+    changes = configure_datasets(cfg)
+    assert len(DatasetCatalog.get("def_val")) == 3
+    assert cfg.INPUT.DATASET_MAPPER_NAME == "coco_instance_lsj"
+    assert (cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON, cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON) == (False, True)
+    assert len(changes) == 3
+    (tmp_path / "bad.yaml").write_text("x: {type: sem_seg}\n")
+    with pytest.raises(ValueError, match="needs 'type'.*'paths'"):
+        read_definition_file(str(tmp_path / "bad.yaml"))
 
 
 def test_registration_errors_name_the_file(tmp_path, coco, registered):
@@ -331,7 +352,8 @@ def test_train_net_custom_instance_dataset_trains_and_ap_equals_pycocotools(coco
 
 def test_train_net_custom_semantic_dataset_from_ade20k(datasets_root, reference_dir, tmp_path):
     """A 10-class semantic dataset made from the ADE20K samples (PNG images, label PNGs with
-    255 = other classes, a class-list file), trained and evaluated by ``train_net.py``."""
+    255 = other classes, a class-list file), defined in a file named by the config, trained and
+    evaluated by ``train_net.py``."""
     ade = datasets_root / "ADEChallengeData2016"
     names = [line.split("\t")[-1].split(",")[0].strip()
              for line in (ade / "objectInfo150.txt").read_text().splitlines()[1:11]]
@@ -344,11 +366,13 @@ def test_train_net_custom_semantic_dataset_from_ade20k(datasets_root, reference_
         label = np.where((raw >= 1) & (raw <= 10), raw.astype(np.int64) - 1, 255).astype(np.uint8)
         Image.fromarray(label).save(labels / (jpg.stem + ".png"))
     (tmp_path / "classes.txt").write_text("\n".join(names) + "\n")
+    (tmp_path / "datasets.yaml").write_text(  # a definition file; paths relative to it
+        "ade_mini: {type: sem_seg, paths: [images, labels, classes.txt]}\n")
     out = tmp_path / "run"
     config = _fixture_finetune_config(tmp_path / "cfg.yaml", reference_dir / "thin_r50_ade20k_semantic", out,
                                       10, "ade_mini", iters=3)
     command = [sys.executable, str(REPO_ROOT / "train_net.py"), "--config-file", str(config),
-               "--dataset", "ade_mini", "sem_seg", str(images), str(labels), str(tmp_path / "classes.txt")]
+               "DATASETS.DEFINITION_FILES", f"('{tmp_path / 'datasets.yaml'}',)"]
     wrong = subprocess.run(command + ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "150"], capture_output=True, text=True,
                            env=_env(), timeout=900)
     assert wrong.returncode != 0

@@ -68,12 +68,7 @@ from mask2former import Predictor, build_model, get_cfg
 from mask2former.checkpoint import Checkpointer
 from mask2former.data.build import build_train_loader, get_dataset_dicts
 from mask2former.data.catalog import DatasetCatalog, MetadataCatalog
-from mask2former.engine.custom_datasets import (
-    DatasetArgumentParser,
-    adapt_config_to_datasets,
-    check_num_classes,
-    register_datasets,
-)
+from mask2former.engine.custom_datasets import DatasetArgumentParser, configure_datasets, register_datasets
 from mask2former.data.dataset_mappers import build_dataset_mapper
 from mask2former.data.dataset_mappers.common import make_instances
 from mask2former.data.image_io import read_image
@@ -191,9 +186,8 @@ def build_cfg(args, setting: Setting, task: str):
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.merge_from_list(list(setting.overrides))
-    for change in adapt_config_to_datasets(cfg):
+    for change in configure_datasets(cfg):
         logger.info("Config fitted to the datasets: %s", change)
-    check_num_classes(cfg)
     cfg.MODEL.DEVICE = str(setting_device(args, setting))
     if task == "train":
         cfg.SOLVER.IMS_PER_BATCH = args.batch_size or 2

@@ -38,6 +38,13 @@ def _maskformer2_defaults() -> CN:
     _C.INPUT.MAX_SCALE = 2.0
 
     # -------------------------------------------------------------------------------------------
+    # DATASETS: YAML files defining the user's own datasets (name -> {type, paths}), registered at
+    # set-up like ``--dataset``; see datasets/README.md, "Use your own dataset".
+    # -------------------------------------------------------------------------------------------
+    _C.DATASETS = CN()
+    _C.DATASETS.DEFINITION_FILES = ()
+
+    # -------------------------------------------------------------------------------------------
     # SOLVER
     # -------------------------------------------------------------------------------------------
     _C.SOLVER = CN()

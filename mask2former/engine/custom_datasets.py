@@ -1,15 +1,27 @@
-"""``--dataset NAME TYPE PATH [PATH ...]``: the user's own datasets named on the command line.
+"""The user's own datasets, named on the command line (``--dataset NAME TYPE PATH [PATH ...]``)
+or in YAML files listed in the config (``DATASETS.DEFINITION_FILES``).
 
 :class:`DatasetArgumentParser` (the parser of ``train_net.py``, ``demo/demo.py`` and
 ``tools/benchmark.py``) has the repeatable option; :func:`register_datasets` registers the named
 datasets (in every process, as part of the set-up, before the config is used); then
-:func:`adapt_config_to_datasets` picks the dataset mapper and the evaluated outputs that suit
-their type, and :func:`check_num_classes` compares ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` with the
-classes of every dataset of ``DATASETS.TRAIN`` / ``DATASETS.TEST``.
+:func:`configure_datasets` registers the config's definition files, picks the dataset mapper
+and the evaluated outputs that suit the dataset types (:func:`adapt_config_to_datasets`) and
+compares ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` with the classes of every dataset of
+``DATASETS.TRAIN`` / ``DATASETS.TEST`` (:func:`check_num_classes`).
+
+A definition file maps names to a type and its paths (relative paths are read from the file's
+folder)::
+
+    mine_train:
+      type: coco_instances
+      paths: [annotations/train.json, images/train]
 """
 import argparse
 import logging
+import os
 from typing import List, Sequence
+
+import yaml
 
 from ..data.catalog import DatasetCatalog, MetadataCatalog
 from ..data.datasets.custom import DATASET_TYPES, num_classes_of, register_dataset
@@ -17,6 +29,8 @@ from ..data.datasets.custom import DATASET_TYPES, num_classes_of, register_datas
 __all__ = [
     "DatasetArgumentParser",
     "register_datasets",
+    "read_definition_file",
+    "configure_datasets",
     "adapt_config_to_datasets",
     "check_num_classes",
     "MAPPERS_BY_TYPE",
@@ -114,6 +128,55 @@ def register_datasets(specs: Sequence[Sequence[str]]) -> None:
             continue
         register_dataset(name, dataset_type, paths)
         MetadataCatalog.get(name).set(dataset_spec=[dataset_type, *paths])
+
+
+def read_definition_file(path: str) -> List[List[str]]:
+    """``[NAME, TYPE, PATH, ...]`` specs of a dataset definition file (see the module docstring);
+    relative paths are joined to the file's folder.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: it is not YAML, or an entry lacks ``type`` / ``paths``.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Dataset definition file '{path}' (DATASETS.DEFINITION_FILES) not found.")
+    try:
+        with open(path) as f:
+            entries = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ValueError(f"Dataset definition file '{path}' is not valid YAML: {e}") from e
+    if not isinstance(entries, dict):
+        raise ValueError(f"Dataset definition file '{path}' must map dataset names to {{type, paths}}.")
+    folder = os.path.dirname(os.path.abspath(path))
+    specs = []
+    for name, entry in entries.items():
+        if not isinstance(entry, dict) or "type" not in entry or not isinstance(entry.get("paths"), list):
+            raise ValueError(
+                f"Dataset '{name}' in '{path}' needs 'type' (one of {sorted(DATASET_TYPES)}) and a "
+                f"'paths' list; got {entry!r}."
+            )
+        paths = [os.path.join(folder, os.path.expanduser(str(p))) for p in entry["paths"]]
+        specs.append([str(name), str(entry["type"]), *paths])
+    return specs
+
+
+def configure_datasets(cfg) -> List[str]:
+    """Set-up of an unfrozen ``cfg`` for its datasets: register the datasets of
+    ``DATASETS.DEFINITION_FILES``, then :func:`adapt_config_to_datasets` and
+    :func:`check_num_classes`.
+
+    Returns:
+        The config changes, one line each, for the log.
+
+    Raises:
+        ValueError / FileNotFoundError: bad definition files or dataset files, or a class-count
+            mismatch.
+    """
+    for path in cfg.DATASETS.DEFINITION_FILES:
+        register_datasets(read_definition_file(path))
+    changes = adapt_config_to_datasets(cfg)
+    check_num_classes(cfg)
+    return changes
 
 
 def adapt_config_to_datasets(cfg) -> List[str]:

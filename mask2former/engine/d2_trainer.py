@@ -68,7 +68,7 @@ from ..modeling.test_time_augmentation import SemanticSegmentorWithTTA
 from ..solver import build_lr_scheduler as standalone_build_lr_scheduler
 from ..solver import build_optimizer
 from ..solver.optimizer import clip_gradients
-from .custom_datasets import adapt_config_to_datasets, check_num_classes, register_datasets
+from .custom_datasets import configure_datasets, register_datasets
 
 __all__ = [
     "DETECTRON2_INSTALL_INSTRUCTIONS",
@@ -225,8 +225,7 @@ def setup(args):
     add_maskformer2_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    changes = adapt_config_to_datasets(cfg)
-    check_num_classes(cfg)
+    changes = configure_datasets(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mask2former")

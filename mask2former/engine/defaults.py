@@ -10,12 +10,7 @@ import torch
 from ..config import get_cfg
 from ..utils import comm
 from ..utils.logger import setup_logger
-from .custom_datasets import (
-    DatasetArgumentParser,
-    adapt_config_to_datasets,
-    check_num_classes,
-    register_datasets,
-)
+from .custom_datasets import DatasetArgumentParser, configure_datasets, register_datasets
 
 
 def default_argument_parser(description: str = "Mask2Former training and evaluation") -> argparse.ArgumentParser:
@@ -58,8 +53,7 @@ def setup(args):
     cfg = get_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    changes = adapt_config_to_datasets(cfg)
-    check_num_classes(cfg)
+    changes = configure_datasets(cfg)
     if cfg.SEED < 0:
         cfg.SEED = int.from_bytes(os.urandom(2), "little")
     cfg.freeze()
