@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import mask2former
 from mask2former.data.panoptic_format import id2rgb, rgb2id
+from mask2former.engine.evaluation import build_evaluator
 from mask2former.evaluation import COCOPanopticEvaluator, pq_compute
 from mask2former.evaluation.official_pq import pq_compute_official
 
@@ -138,12 +140,21 @@ def _evaluate(coco_panoptic, tmp_path, caplog, **kwargs):
 def test_evaluator_default_and_panopticapi_agree_and_log_which_ran(coco_panoptic, tmp_path, caplog):
     default, log = _evaluate(coco_panoptic, tmp_path / "a", caplog)
     assert "computed by mask2former.evaluation.panoptic_quality" in log
-    assert "panopticapi is installed" in log
+    assert "panopticapi is installed too: TEST.PQ_IMPLEMENTATION panopticapi" in log
     official, log = _evaluate(coco_panoptic, tmp_path / "b", caplog, pq_implementation="panopticapi")
     assert "computed by panopticapi.evaluation" in log
     assert default.keys() == official.keys()
     for key, value in default.items():
         assert value == pytest.approx(official[key], abs=1e-7, nan_ok=True), key
+
+
+def test_config_selects_the_pq_implementation(tmp_path):
+    cfg = mask2former.get_cfg()
+    assert cfg.TEST.PQ_IMPLEMENTATION == "mask2former"
+    cfg.merge_from_list(["TEST.PQ_IMPLEMENTATION", "panopticapi", "MODEL.MASK_FORMER.TEST.PANOPTIC_ON", "True",
+                         "MODEL.MASK_FORMER.TEST.INSTANCE_ON", "False", "MODEL.MASK_FORMER.TEST.SEMANTIC_ON", "False"])
+    (evaluator,) = build_evaluator(cfg, "coco_2017_val_panoptic", str(tmp_path))._evaluators
+    assert isinstance(evaluator, COCOPanopticEvaluator) and evaluator._pq_implementation == "panopticapi"
 
 
 def test_unknown_pq_implementation_raises():

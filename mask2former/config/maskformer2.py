@@ -43,6 +43,10 @@ def _maskformer2_defaults() -> CN:
     # -------------------------------------------------------------------------------------------
     _C.DATASETS = CN()
     _C.DATASETS.DEFINITION_FILES = ()
+    # Panoptic Quality of COCO-format panoptic datasets: "mask2former" (this package's) or
+    # "panopticapi" (the official code, optional package); Cityscapes uses cityscapesscripts.
+    _C.TEST = CN()
+    _C.TEST.PQ_IMPLEMENTATION = "mask2former"
 
     # -------------------------------------------------------------------------------------------
     # SOLVER

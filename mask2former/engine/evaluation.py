@@ -65,7 +65,8 @@ def build_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator
     (``MODEL.MASK_FORMER.TEST.{PANOPTIC,INSTANCE,SEMANTIC}_ON``). Panoptic datasets without
     an instances JSON (metadata ``json_file``) or semantic label maps (``sem_seg_root``) get AP
     and mIoU against ground truth derived from their panoptic annotations
-    (:mod:`mask2former.data.datasets.panoptic_derived`). Cityscapes datasets are
+    (:mod:`mask2former.data.datasets.panoptic_derived`); their PQ is computed by
+    ``TEST.PQ_IMPLEMENTATION`` (see :class:`COCOPanopticEvaluator`). Cityscapes datasets are
     evaluated by the official ``cityscapesscripts`` (semantic, instance and panoptic; without
     it, semantic datasets get :class:`SemSegEvaluator` and a warning).
 
@@ -79,7 +80,11 @@ def build_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator
     evaluators: List[DatasetEvaluator] = []
     if kind in ("coco_panoptic_seg", "ade20k_panoptic_seg"):
         if test.PANOPTIC_ON:
-            evaluators.append(COCOPanopticEvaluator(dataset_name, output_dir))
+            evaluators.append(
+                COCOPanopticEvaluator(
+                    dataset_name, output_dir, pq_implementation=cfg.TEST.PQ_IMPLEMENTATION
+                )
+            )
         if test.INSTANCE_ON:
             json_file = metadata.get("json_file", None) or _instances_json(metadata, output_dir)
             evaluators.append(COCOEvaluator(dataset_name, output_dir=output_dir, json_file=json_file))

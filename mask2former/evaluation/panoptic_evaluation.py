@@ -217,8 +217,8 @@ class COCOPanopticEvaluator(DatasetEvaluator):
             )
         logger.info(
             "Panoptic quality computed by mask2former.evaluation.panoptic_quality%s",
-            " (panopticapi is installed too: pq_implementation='panopticapi' runs the official "
-            "code)" if pq_module_available("panopticapi") else "",
+            " (panopticapi is installed too: TEST.PQ_IMPLEMENTATION panopticapi runs the "
+            "official code)" if pq_module_available("panopticapi") else "",
         )
         return pq_compute(
             self._panoptic_json,
