@@ -7,7 +7,6 @@ import io
 import json
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 
@@ -292,14 +291,14 @@ def test_checkpoint_with_other_number_of_classes_loads_all_but_the_class_head(re
 # ------------------------------------------------------------------- training on real data
 
 
-def _fixture_finetune_config(path, fixture, output_dir, num_classes, dataset, iters):
+def _fixture_finetune_config(path, fixture, output_dir, num_classes, dataset, iters, lr=0.0001):
     path.write_text(
         f"_BASE_: {fixture / 'config.yaml'}\nOUTPUT_DIR: {output_dir}\n"
         f"MODEL: {{WEIGHTS: {fixture / 'model.pkl'}, DEVICE: cpu, SEM_SEG_HEAD: {{NUM_CLASSES: {num_classes}}},"
         " MASK_FORMER: {TRAIN_NUM_POINTS: 1024}}\n"
         "INPUT: {IMAGE_SIZE: 128, MIN_SCALE: 1.0, MAX_SCALE: 1.0, MIN_SIZE_TEST: 128, MAX_SIZE_TEST: 192}\n"
         f"DATASETS: {{TRAIN: [{dataset}], TEST: [{dataset}]}}\n"
-        f"SOLVER: {{IMS_PER_BATCH: 2, BASE_LR: 0.0001, MAX_ITER: {iters}, STEPS: [{iters - 1}],"
+        f"SOLVER: {{IMS_PER_BATCH: 2, BASE_LR: {lr}, MAX_ITER: {iters}, STEPS: [{iters - 1}],"
         " CHECKPOINT_PERIOD: 1000, WARMUP_ITERS: 2, AMP: {ENABLED: False}}\n"
         "TEST: {EVAL_PERIOD: 0}\nDATALOADER: {NUM_WORKERS: 0}\nSEED: 0\n"
     )
@@ -352,8 +351,8 @@ def test_train_net_custom_instance_dataset_trains_and_ap_equals_pycocotools(coco
 
 def test_train_net_custom_semantic_dataset_from_ade20k(datasets_root, reference_dir, tmp_path):
     """A 10-class semantic dataset made from the ADE20K samples (PNG images, label PNGs with
-    255 = other classes, a class-list file), defined in a file named by the config, trained and
-    evaluated by ``train_net.py``."""
+    255 = other classes, a class-list file), defined in a file named by the config, fine-tuned
+    from the 150-class ADE20K fixture for 40 iterations and evaluated by ``train_net.py``."""
     ade = datasets_root / "ADEChallengeData2016"
     names = [line.split("\t")[-1].split(",")[0].strip()
              for line in (ade / "objectInfo150.txt").read_text().splitlines()[1:11]]
@@ -370,7 +369,7 @@ def test_train_net_custom_semantic_dataset_from_ade20k(datasets_root, reference_
         "ade_mini: {type: sem_seg, paths: [images, labels, classes.txt]}\n")
     out = tmp_path / "run"
     config = _fixture_finetune_config(tmp_path / "cfg.yaml", reference_dir / "thin_r50_ade20k_semantic", out,
-                                      10, "ade_mini", iters=3)
+                                      10, "ade_mini", iters=40, lr=0.001)
     command = [sys.executable, str(REPO_ROOT / "train_net.py"), "--config-file", str(config),
                "DATASETS.DEFINITION_FILES", f"('{tmp_path / 'datasets.yaml'}',)"]
     wrong = subprocess.run(command + ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "150"], capture_output=True, text=True,
@@ -385,7 +384,7 @@ def test_train_net_custom_semantic_dataset_from_ade20k(datasets_root, reference_
     per_class = [metrics[f"sem_seg/IoU-{name}"] for name in names]
     assert 0 <= metrics["sem_seg/mIoU"] <= 100 and len(per_class) == 10
     assert metrics["sem_seg/mIoU"] == pytest.approx(np.nanmean(per_class), abs=1e-6)
-    shutil.rmtree(out)
+    assert metrics["sem_seg/pACC"] > 50  # it learnt: 73.5 measured (0 after 3 iterations)
 
 
 def test_demo_and_benchmark_take_dataset_option(coco, reference_dir, tmp_path):

@@ -99,7 +99,7 @@ class DatasetArgumentParser(argparse.ArgumentParser):
             nargs="+",
             action=_DatasetAction,
             default=[],
-            metavar="NAME TYPE PATH",
+            metavar=("NAME TYPE PATH", "PATH"),
             help=_HELP,
         )
 
