@@ -91,9 +91,12 @@ setup(
     ext_modules=EXT_MODULES,
     cmdclass=CMDCLASS,
     extras_require={
-        "dev": ["pytest>=7", "transformers>=4.38", "safetensors>=0.4", "huggingface_hub>=0.20"],
+        "dev": ["pytest>=7", "transformers>=4.38", "safetensors>=0.4", "huggingface_hub>=0.20",
+                "cityscapesscripts"],
         "detectron2": [],
         # Hugging Face checkpoints: save_pretrained directories and hf://ORG/NAME in MODEL.WEIGHTS.
         "hf": ["safetensors>=0.4", "huggingface_hub>=0.20"],
+        # Cityscapes' official evaluation (semantic, instance, panoptic).
+        "cityscapes": ["cityscapesscripts"],
     },
 )

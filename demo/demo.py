@@ -28,6 +28,7 @@ import tqdm
 
 from mask2former.config import get_cfg
 from mask2former.data.image_io import read_image
+from mask2former.engine.custom_datasets import DatasetArgumentParser, configure_datasets, register_datasets
 from mask2former.engine.predictor import Predictor
 from mask2former.utils.visualizer import Visualizer
 from mask2former.video.predictor import VideoPredictor
@@ -39,7 +40,7 @@ logger = logging.getLogger("mask2former.demo")
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Mask2Former demo: save prediction overlays")
+    parser = DatasetArgumentParser(description="Mask2Former demo: save prediction overlays")
     parser.add_argument(
         "--config-file", required=True, metavar="FILE", help="path to a config file"
     )
@@ -72,7 +73,8 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args: argparse.Namespace):
-    """Config from ``--config-file`` and ``--opts``.
+    """Config from ``--config-file`` and ``--opts``, after registering the ``--dataset``s (their
+    class names label the overlays when named in DATASETS.TEST).
 
     Raises:
         FileNotFoundError: the config file does not exist.
@@ -80,6 +82,7 @@ def setup_cfg(args: argparse.Namespace):
     """
     if not os.path.isfile(args.config_file):
         raise FileNotFoundError(f"Config file not found: {args.config_file}")
+    register_datasets(getattr(args, "datasets", []))
     cfg = get_cfg()
     try:
         cfg.merge_from_file(args.config_file)
@@ -89,6 +92,8 @@ def setup_cfg(args: argparse.Namespace):
         cfg.merge_from_list(args.opts)
     except (KeyError, ValueError, TypeError, AssertionError) as e:
         raise ValueError(f"Invalid --opts {args.opts}: {e}") from e
+    for change in configure_datasets(cfg):
+        logger.info("Config fitted to the datasets: %s", change)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning(f"MODEL.DEVICE={cfg.MODEL.DEVICE} but CUDA is not available; using cpu")
         cfg.MODEL.DEVICE = "cpu"

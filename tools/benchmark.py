@@ -68,6 +68,7 @@ from mask2former import Predictor, build_model, get_cfg
 from mask2former.checkpoint import Checkpointer
 from mask2former.data.build import build_train_loader, get_dataset_dicts
 from mask2former.data.catalog import DatasetCatalog, MetadataCatalog
+from mask2former.engine.custom_datasets import DatasetArgumentParser, configure_datasets, register_datasets
 from mask2former.data.dataset_mappers import build_dataset_mapper
 from mask2former.data.dataset_mappers.common import make_instances
 from mask2former.data.image_io import read_image
@@ -111,7 +112,7 @@ AMP_PRECISION = {"fp16": "float16", "bf16": "bfloat16"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = DatasetArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config-file", metavar="FILE", help="model config (required except for --task op)")
@@ -181,10 +182,13 @@ def build_cfg(args, setting: Setting, task: str):
     training, the batch size, crop and mixed precision of the benchmark."""
     if not args.config_file:
         raise ValueError(f"--config-file is required for --task {task}")
+    register_datasets(getattr(args, "datasets", []))
     cfg = get_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.merge_from_list(list(setting.overrides))
+    for change in configure_datasets(cfg):
+        logger.info("Config fitted to the datasets: %s", change)
     cfg.MODEL.DEVICE = str(setting_device(args, setting))
     if task == "train":
         cfg.SOLVER.IMS_PER_BATCH = args.batch_size or 2

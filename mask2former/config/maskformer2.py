@@ -38,6 +38,17 @@ def _maskformer2_defaults() -> CN:
     _C.INPUT.MAX_SCALE = 2.0
 
     # -------------------------------------------------------------------------------------------
+    # DATASETS: YAML files defining the user's own datasets (name -> {type, paths}), registered at
+    # set-up like ``--dataset``; see datasets/README.md, "Use your own dataset".
+    # -------------------------------------------------------------------------------------------
+    _C.DATASETS = CN()
+    _C.DATASETS.DEFINITION_FILES = ()
+    # Panoptic Quality of COCO-format panoptic datasets: "mask2former" (this package's) or
+    # "panopticapi" (the official code, optional package); Cityscapes uses cityscapesscripts.
+    _C.TEST = CN()
+    _C.TEST.PQ_IMPLEMENTATION = "mask2former"
+
+    # -------------------------------------------------------------------------------------------
     # SOLVER
     # -------------------------------------------------------------------------------------------
     _C.SOLVER = CN()

@@ -68,6 +68,7 @@ from ..modeling.test_time_augmentation import SemanticSegmentorWithTTA
 from ..solver import build_lr_scheduler as standalone_build_lr_scheduler
 from ..solver import build_optimizer
 from ..solver.optimizer import clip_gradients
+from .custom_datasets import configure_datasets, register_datasets
 
 __all__ = [
     "DETECTRON2_INSTALL_INSTRUCTIONS",
@@ -211,7 +212,9 @@ class Detectron2Trainer(DefaultTrainer):
 def setup(args):
     """Detectron2 config (``detectron2.config.get_cfg``) with the DeepLab and Mask2Former keys,
     merged from ``args.config_file`` and ``args.opts``, frozen; Detectron2's ``default_setup``
-    (output dir, ``config.yaml``, logging, seeding) plus a ``mask2former`` logger."""
+    (output dir, ``config.yaml``, logging, seeding) plus a ``mask2former`` logger. The
+    ``--dataset``s are registered first and the config fitted to them (:mod:`.custom_datasets`)."""
+    register_datasets(getattr(args, "datasets", []))
     cfg = get_cfg()
     try:
         from detectron2.projects.deeplab import add_deeplab_config
@@ -223,9 +226,12 @@ def setup(args):
     add_maskformer2_video_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    changes = configure_datasets(cfg)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mask2former")
+    for change in changes:
+        logging.getLogger("mask2former").info("Config fitted to the datasets: %s", change)
     return cfg
 
 

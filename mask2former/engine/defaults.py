@@ -11,13 +11,15 @@ from ..utils.atomic_io import atomic_write
 from ..config import get_cfg
 from ..utils import comm
 from ..utils.logger import setup_logger
+from .custom_datasets import DatasetArgumentParser, configure_datasets, register_datasets
 
 
 def default_argument_parser(description: str = "Mask2Former training and evaluation") -> argparse.ArgumentParser:
     """Detectron2-compatible options: ``--config-file``, ``--resume``, ``--eval-only``,
-    ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url`` and trailing
-    ``KEY VALUE`` config overrides."""
-    parser = argparse.ArgumentParser(
+    ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``, trailing
+    ``KEY VALUE`` config overrides, and ``--dataset NAME TYPE PATH [PATH ...]``
+    (:class:`DatasetArgumentParser`)."""
+    parser = DatasetArgumentParser(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Example: python train_net.py --config-file configs/coco/panoptic/R50.yaml "
@@ -39,12 +41,20 @@ def default_argument_parser(description: str = "Mask2Former training and evaluat
 
 
 def setup(args):
-    """Build the frozen config from ``args``, create OUTPUT_DIR, set up logging and seed the RNGs
-    (``SEED + rank``; a random seed when SEED < 0). Writes the merged config to
-    ``OUTPUT_DIR/config.yaml``."""
+    """Register the ``--dataset``s, build the frozen config from ``args`` (fitted to their types
+    and checked against their classes, see :mod:`.custom_datasets`), create OUTPUT_DIR, set up
+    logging and seed the RNGs (``SEED + rank``; a random seed when SEED < 0). Writes the merged
+    config to ``OUTPUT_DIR/config.yaml``.
+
+    Raises:
+        ValueError: ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` differs from a dataset's classes, or bad
+            ``--dataset`` files.
+    """
+    register_datasets(getattr(args, "datasets", []))
     cfg = get_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    changes = configure_datasets(cfg)
     if cfg.SEED < 0:
         cfg.SEED = int.from_bytes(os.urandom(2), "little")
     cfg.freeze()
@@ -52,6 +62,8 @@ def setup(args):
     logger = setup_logger(cfg.OUTPUT_DIR, rank)
     logger.info("Command line: %s", " ".join(sys.argv))
     logger.info("World size: %d, rank %d", comm.get_world_size(), rank)
+    for change in changes:
+        logger.info("Config fitted to the datasets: %s", change)
     if comm.is_main_process():
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         with atomic_write(os.path.join(cfg.OUTPUT_DIR, "config.yaml")) as f:

@@ -10,9 +10,12 @@ import torch
 from ..data.build import build_test_loader
 from ..data.catalog import DatasetCatalog, MetadataCatalog
 from ..data.dataset_mappers import build_dataset_mapper
+from ..data.datasets.panoptic_derived import instances_json_from_panoptic, semantic_loader_from_panoptic
 from ..data.image_io import read_image
 from ..data.transforms import ResizeShortestEdge
 from ..evaluation import (
+    CityscapesInstanceEvaluator,
+    CityscapesSemSegEvaluator,
     COCOEvaluator,
     COCOPanopticEvaluator,
     DatasetEvaluator,
@@ -20,6 +23,7 @@ from ..evaluation import (
     SemSegEvaluator,
     inference_on_dataset,
 )
+from ..evaluation.official_pq import pq_module_available
 from ..utils import comm
 from ..video.evaluation import build_video_evaluator
 from ..video.meta_arch import VideoMaskFormer
@@ -47,13 +51,31 @@ class TestMapper:
         return record
 
 
+def _instances_json(metadata, output_dir: str) -> str:
+    """COCO instances JSON of a panoptic dataset without one, derived from its panoptic
+    annotations into ``output_dir`` (by rank 0; the ranks share the folder)."""
+    path = os.path.join(output_dir, "instances_from_panoptic.json")
+    if comm.is_main_process():
+        count = instances_json_from_panoptic(metadata.panoptic_json, metadata.panoptic_root, path)
+        logger.info("Instance ground truth for AP: %d thing segments of %s -> %s", count,
+                    metadata.panoptic_json, path)
+    comm.synchronize()
+    return path
+
+
 def build_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator:
     """Evaluators for ``dataset_name`` by its metadata ``evaluator_type`` and the enabled outputs
-    (``MODEL.MASK_FORMER.TEST.{PANOPTIC,INSTANCE,SEMANTIC}_ON``).
+    (``MODEL.MASK_FORMER.TEST.{PANOPTIC,INSTANCE,SEMANTIC}_ON``). Panoptic datasets without
+    an instances JSON (metadata ``json_file``) or semantic label maps (``sem_seg_root``) get AP
+    and mIoU against ground truth derived from their panoptic annotations
+    (:mod:`mask2former.data.datasets.panoptic_derived`); their PQ is computed by
+    ``TEST.PQ_IMPLEMENTATION`` (see :class:`COCOPanopticEvaluator`). Cityscapes datasets are
+    evaluated by the official ``cityscapesscripts`` (semantic, instance and panoptic; without
+    it, semantic datasets get :class:`SemSegEvaluator` and a warning).
 
     Raises:
-        NotImplementedError: for an evaluator type without a standalone evaluator (Cityscapes'
-            official scripts).
+        NotImplementedError: no evaluator for the evaluator type and the enabled outputs.
+        ImportError: a Cityscapes dataset without cityscapesscripts installed.
     """
     metadata = MetadataCatalog.get(dataset_name)
     kind = metadata.get("evaluator_type", None)
@@ -61,14 +83,46 @@ def build_evaluator(cfg, dataset_name: str, output_dir: str) -> DatasetEvaluator
     evaluators: List[DatasetEvaluator] = []
     if kind in ("coco_panoptic_seg", "ade20k_panoptic_seg"):
         if test.PANOPTIC_ON:
-            evaluators.append(COCOPanopticEvaluator(dataset_name, output_dir))
-        if test.INSTANCE_ON and metadata.get("json_file", None):
-            evaluators.append(COCOEvaluator(dataset_name, output_dir=output_dir))
+            evaluators.append(
+                COCOPanopticEvaluator(
+                    dataset_name, output_dir, pq_implementation=cfg.TEST.PQ_IMPLEMENTATION
+                )
+            )
+        if test.INSTANCE_ON:
+            json_file = metadata.get("json_file", None) or _instances_json(metadata, output_dir)
+            evaluators.append(COCOEvaluator(dataset_name, output_dir=output_dir, json_file=json_file))
         if test.SEMANTIC_ON and metadata.get("sem_seg_root", None):
             evaluators.append(SemSegEvaluator(dataset_name, output_dir=output_dir))
+        elif test.SEMANTIC_ON:
+            records = DatasetCatalog.get(dataset_name)
+            evaluators.append(
+                SemSegEvaluator(
+                    dataset_name,
+                    output_dir=output_dir,
+                    sem_seg_loading_fn=semantic_loader_from_panoptic(records),
+                    input_file_to_gt_file={r["file_name"]: r["pan_seg_file_name"] for r in records},
+                )
+            )
+    elif kind == "cityscapes_panoptic_seg":
+        if test.PANOPTIC_ON:
+            evaluators.append(
+                COCOPanopticEvaluator(dataset_name, output_dir, pq_implementation="cityscapesscripts")
+            )
+        if test.INSTANCE_ON:
+            evaluators.append(CityscapesInstanceEvaluator(dataset_name))
+        if test.SEMANTIC_ON:
+            evaluators.append(CityscapesSemSegEvaluator(dataset_name))
     elif kind == "coco":
         evaluators.append(COCOEvaluator(dataset_name, output_dir=output_dir))
-    elif kind in ("sem_seg", "cityscapes_sem_seg"):
+    elif kind == "cityscapes_instance":
+        evaluators.append(CityscapesInstanceEvaluator(dataset_name))
+    elif kind == "cityscapes_sem_seg" and pq_module_available("cityscapesscripts"):
+        evaluators.append(CityscapesSemSegEvaluator(dataset_name))
+    elif kind == "cityscapes_sem_seg":
+        logger.warning("cityscapesscripts is not installed: %s gets this package's mIoU, not the "
+                       "official Cityscapes metrics (pip install cityscapesscripts)", dataset_name)
+        evaluators.append(SemSegEvaluator(dataset_name, output_dir=output_dir))
+    elif kind == "sem_seg":
         evaluators.append(SemSegEvaluator(dataset_name, output_dir=output_dir))
     if not evaluators:
         raise NotImplementedError(

@@ -1,4 +1,5 @@
-"""COCO panoptic evaluation (PQ / SQ / RQ) of model outputs, without panopticapi or Detectron2."""
+"""COCO panoptic evaluation (PQ / SQ / RQ) of model outputs, without Detectron2; panopticapi is
+optional (``pq_implementation="panopticapi"``)."""
 import io
 import itertools
 import json
@@ -20,6 +21,7 @@ from mask2former.utils import comm
 from .evaluator import DatasetEvaluator
 from .metadata import require_field, resolve_metadata
 from ..data.panoptic_format import id2rgb
+from .official_pq import PQ_IMPLEMENTATIONS, pq_compute_official, pq_module_available
 from .panoptic_quality import pq_compute
 from .tables import create_per_category_table
 
@@ -53,6 +55,7 @@ class COCOPanopticEvaluator(DatasetEvaluator):
         stuff_dataset_id_to_contiguous_id: Optional[Dict[int, int]] = None,
         label_divisor: Optional[int] = None,
         num_workers: Optional[int] = None,
+        pq_implementation: str = "mask2former",
     ):
         """
         Every keyword argument left ``None`` is read from the metadata of ``dataset_name``
@@ -69,10 +72,27 @@ class COCOPanopticEvaluator(DatasetEvaluator):
             label_divisor: needed only for outputs without ``segments_info`` (see :meth:`process`).
             num_workers: worker processes for the PQ computation; ``None``: ``min(8, CPUs)`` when
                 at least 64 images were predicted, else 0 (in this process).
+            pq_implementation: "mask2former" (:func:`.panoptic_quality.pq_compute`, the
+                default: no extra dependency), "panopticapi" or "cityscapesscripts" (official
+                code, see :mod:`.official_pq`; ``num_workers`` is then one per CPU). The log
+                names the one that ran.
 
         Raises:
-            ValueError: ``panoptic_json`` or ``panoptic_root`` is given neither way.
+            ValueError: ``panoptic_json`` or ``panoptic_root`` is given neither way, or an
+                unknown ``pq_implementation``.
+            ImportError: an official implementation whose package is not installed.
         """
+        if pq_implementation not in PQ_IMPLEMENTATIONS:
+            raise ValueError(
+                f"pq_implementation={pq_implementation!r}; expected one of "
+                f"{sorted(PQ_IMPLEMENTATIONS)}."
+            )
+        if pq_implementation != "mask2former" and not pq_module_available(pq_implementation):
+            raise ImportError(
+                f"pq_implementation={pq_implementation!r} needs the {pq_implementation} package "
+                "(see mask2former.evaluation.official_pq)."
+            )
+        self._pq_implementation = pq_implementation
         self._dataset_name = dataset_name
         fields = resolve_metadata(
             dataset_name,
@@ -183,6 +203,32 @@ class COCOPanopticEvaluator(DatasetEvaluator):
             return self._num_workers
         return min(8, os.cpu_count() or 1) if num_images >= _PARALLEL_MIN_IMAGES else 0
 
+    def _pq_compute(self, pred_json_file: str, pred_dir: str, num_images: int) -> dict:
+        if self._pq_implementation != "mask2former":
+            logger.info(
+                "Panoptic quality computed by %s (official code)",
+                PQ_IMPLEMENTATIONS[self._pq_implementation],
+            )
+            return pq_compute_official(
+                self._pq_implementation,
+                self._panoptic_json,
+                pred_json_file,
+                self._panoptic_root,
+                pred_dir,
+            )
+        logger.info(
+            "Panoptic quality computed by mask2former.evaluation.panoptic_quality%s",
+            " (panopticapi is installed too: TEST.PQ_IMPLEMENTATION panopticapi runs the "
+            "official code)" if pq_module_available("panopticapi") else "",
+        )
+        return pq_compute(
+            self._panoptic_json,
+            pred_json_file,
+            gt_folder=self._panoptic_root,
+            pred_folder=pred_dir,
+            num_workers=self._resolved_num_workers(num_images),
+        )
+
     def evaluate(self) -> Optional["OrderedDict[str, dict]"]:
         """
         Returns:
@@ -214,13 +260,7 @@ class COCOPanopticEvaluator(DatasetEvaluator):
             with atomic_write(pred_json_file) as f:
                 json.dump(dict(gt_json, annotations=annotations), f)
 
-            pq_res = pq_compute(
-                self._panoptic_json,
-                pred_json_file,
-                gt_folder=self._panoptic_root,
-                pred_folder=pred_dir,
-                num_workers=self._resolved_num_workers(len(predictions)),
-            )
+            pq_res = self._pq_compute(pred_json_file, pred_dir, len(predictions))
 
         results: Dict[str, float] = {}
         for name, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):

@@ -24,6 +24,7 @@ Per image and category, with gt/pred segments as pixel sets:
   TP + FP + FN > 0; an average over no category is NaN.
 """
 import json
+import math
 import os
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -43,6 +44,8 @@ __all__ = [
     "PQStat",
     "pq_compute_single_image",
     "pq_compute",
+    "match_annotations",
+    "summarize",
 ]
 
 VOID = 0
@@ -295,24 +298,9 @@ def pq_compute(
         KeyError: a gt image has no prediction (message names the image id), or see
             :func:`pq_compute_single_image`.
     """
-    with open(gt_json_file) as f:
-        gt_json = json.load(f)
-    with open(pred_json_file) as f:
-        pred_json = json.load(f)
-    gt_folder = gt_folder if gt_folder is not None else os.path.splitext(gt_json_file)[0]
-    pred_folder = pred_folder if pred_folder is not None else os.path.splitext(pred_json_file)[0]
-    for name, folder in (("ground truth", gt_folder), ("prediction", pred_folder)):
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"Folder {folder} with {name} segmentations does not exist.")
-    categories = {c["id"]: c for c in gt_json["categories"]}
-
-    pred_by_image = {ann["image_id"]: ann for ann in pred_json["annotations"]}
-    pairs: List[Tuple[dict, dict]] = []
-    for gt_ann in gt_json["annotations"]:
-        if gt_ann["image_id"] not in pred_by_image:
-            raise KeyError(f"No prediction for the image with ID {gt_ann['image_id']}.")
-        pairs.append((gt_ann, pred_by_image[gt_ann["image_id"]]))
-
+    categories, pairs, gt_folder, pred_folder = match_annotations(
+        gt_json_file, pred_json_file, gt_folder, pred_folder
+    )
     if num_workers > 0 and len(pairs) > 1:
         chunks = [pairs[i::num_workers] for i in range(min(num_workers, len(pairs)))]
         stat = PQStat()
@@ -328,10 +316,56 @@ def pq_compute(
     else:
         stat = _pq_compute_images(pairs, gt_folder, pred_folder, categories)
 
+    return summarize(stat, categories)
+
+
+def summarize(stat, categories: Dict[int, dict]) -> dict:
+    """``{"All"|"Things"|"Stuff": {"pq", "sq", "rq", "n"}, "per_class": ..., "stat": stat}``
+    from the summed statistics (``stat.pq_average``, see :meth:`PQStat.pq_average`); an
+    average over no category is NaN."""
     results: dict = {}
     for name, isthing in (("All", None), ("Things", True), ("Stuff", False)):
-        results[name], per_class = stat.pq_average(categories, isthing)
+        try:
+            results[name], per_class = stat.pq_average(categories, isthing)
+        except ZeroDivisionError:  # panopticapi's PQStat divides by n = 0
+            results[name] = {"pq": math.nan, "sq": math.nan, "rq": math.nan, "n": 0}
+            per_class = {c: {"pq": 0.0, "sq": 0.0, "rq": 0.0} for c in categories}
         if isthing is None:
             results["per_class"] = per_class
     results["stat"] = stat
     return results
+
+
+def match_annotations(
+    gt_json_file: str,
+    pred_json_file: str,
+    gt_folder: Optional[str] = None,
+    pred_folder: Optional[str] = None,
+) -> Tuple[Dict[int, dict], List[Tuple[dict, dict]], str, str]:
+    """Read both JSONs and pair every gt annotation with the prediction of its image.
+
+    Returns:
+        ``(categories by id, [(gt annotation, predicted annotation)], gt_folder, pred_folder)``;
+        folders default to the JSON paths without ``.json``.
+
+    Raises:
+        FileNotFoundError: a folder does not exist.
+        KeyError: a gt image has no prediction (message names the image id).
+    """
+    with open(gt_json_file) as f:
+        gt_json = json.load(f)
+    with open(pred_json_file) as f:
+        pred_json = json.load(f)
+    gt_folder = gt_folder if gt_folder is not None else os.path.splitext(gt_json_file)[0]
+    pred_folder = pred_folder if pred_folder is not None else os.path.splitext(pred_json_file)[0]
+    for name, folder in (("ground truth", gt_folder), ("prediction", pred_folder)):
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"Folder {folder} with {name} segmentations does not exist.")
+    categories = {c["id"]: c for c in gt_json["categories"]}
+    pred_by_image = {ann["image_id"]: ann for ann in pred_json["annotations"]}
+    pairs: List[Tuple[dict, dict]] = []
+    for gt_ann in gt_json["annotations"]:
+        if gt_ann["image_id"] not in pred_by_image:
+            raise KeyError(f"No prediction for the image with ID {gt_ann['image_id']}.")
+        pairs.append((gt_ann, pred_by_image[gt_ann["image_id"]]))
+    return categories, pairs, gt_folder, pred_folder

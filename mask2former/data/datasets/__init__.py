@@ -11,7 +11,13 @@ from .cityscapes import (
     load_cityscapes_semantic,
 )
 from .coco import load_coco_json, register_coco_instances
-from .coco_panoptic import load_coco_panoptic_json
+from .coco_panoptic import load_coco_panoptic_json, register_coco_panoptic
+from .custom import (
+    DATASET_TYPES,
+    register_coco_panoptic_separated,
+    register_dataset,
+    register_sem_seg,
+)
 from .sem_seg import load_sem_seg
 
 __all__ = [
@@ -25,6 +31,11 @@ __all__ = [
     "load_cityscapes_instances",
     "load_cityscapes_panoptic",
     "register_coco_instances",
+    "register_coco_panoptic",
+    "register_coco_panoptic_separated",
+    "register_sem_seg",
+    "register_dataset",
+    "DATASET_TYPES",
 ]
 
 register_all()

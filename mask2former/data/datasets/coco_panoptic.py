@@ -49,7 +49,8 @@ def load_coco_panoptic_json(
 
     Args:
         json_file: the panoptic json (``images``, ``annotations`` with ``segments_info``).
-        image_dir: folder of the ``.jpg`` images (same stem as the annotation PNG).
+        image_dir: folder of the images: ``images[*].file_name`` of the json, else the
+            annotation PNG's stem + ``.jpg``.
         gt_dir: folder of the panoptic PNGs (segment id = R + 256 G + 256^2 B).
         meta: ``thing_dataset_id_to_contiguous_id`` and ``stuff_dataset_id_to_contiguous_id``.
         semseg_dir: when given, each dict gets ``sem_seg_file_name`` (same PNG name there).
@@ -77,14 +78,14 @@ def load_coco_panoptic_json(
     ret = []
     for ann in json_info["annotations"]:
         image_id = int(ann["image_id"]) if str(ann["image_id"]).isdigit() else ann["image_id"]
-        stem = os.path.splitext(ann["file_name"])[0]
+        img = images.get(ann["image_id"])
+        image_name = (img or {}).get("file_name") or os.path.splitext(ann["file_name"])[0] + ".jpg"
         record = {
-            "file_name": os.path.join(image_dir, stem + ".jpg"),
+            "file_name": os.path.join(image_dir, image_name),
             "image_id": image_id,
             "pan_seg_file_name": os.path.join(gt_dir, ann["file_name"]),
             "segments_info": [_convert_segment(s, meta) for s in ann["segments_info"]],
         }
-        img = images.get(ann["image_id"])
         if img is not None:
             record["height"], record["width"] = img["height"], img["width"]
         if semseg_dir is not None:
@@ -104,14 +105,20 @@ def register_coco_panoptic(
     image_root: str,
     panoptic_root: str,
     panoptic_json: str,
-    instances_json: str,
+    instances_json: Optional[str] = None,
 ) -> None:
     """Register Detectron2's "standard" COCO panoptic dataset ``name`` (lazy loading).
 
-    Metadata: ``panoptic_root``, ``image_root``, ``panoptic_json``, ``json_file``,
-    ``evaluator_type="coco_panoptic_seg"``, ``ignore_label=255``, ``label_divisor=1000`` and
-    ``metadata``.
+    Metadata: ``panoptic_root``, ``image_root``, ``panoptic_json``, ``json_file``
+    (``instances_json``, for COCO AP; ``None``: no AP), ``evaluator_type="coco_panoptic_seg"``,
+    ``ignore_label=255``, ``label_divisor=1000`` and ``metadata``. When ``metadata`` has no
+    ``thing_dataset_id_to_contiguous_id``, the class metadata is read from the categories of
+    ``panoptic_json`` now (:func:`.custom.coco_panoptic_metadata`).
     """
+    if "thing_dataset_id_to_contiguous_id" not in metadata:
+        from .custom import coco_panoptic_metadata
+
+        metadata = {**coco_panoptic_metadata(panoptic_json), **metadata}
     DatasetCatalog.register(
         name, lambda: load_coco_panoptic_json(panoptic_json, image_root, panoptic_root, metadata)
     )
