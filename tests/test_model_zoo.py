@@ -19,6 +19,7 @@ from mask2former import Predictor, build_model, get_cfg, model_zoo
 from mask2former.checkpoint import Checkpointer
 from mask2former.checkpoint.file_io import to_url
 from mask2former.model_zoo.markdown import GENERATED_MARKER, render_tables
+from mask2former.video.predictor import VideoPredictor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -32,6 +33,13 @@ R50_PANOPTIC_URL = (
 # iopath's cache layout: the URL's path below $FVCORE_CACHE, without the host.
 R50_PANOPTIC_CACHE = (
     "maskformer/mask2former/coco/panoptic/maskformer2_R50_bs16_50ep/model_final_94dc52.pkl"
+)
+YTVIS2019_R50_URL = (
+    "https://dl.fbaipublicfiles.com/maskformer/video_mask2former/ytvis_2019/"
+    "video_maskformer2_R50_bs16_8ep/model_final_34112b.pkl"
+)
+YTVIS2019_R50_CACHE = (
+    "maskformer/video_mask2former/ytvis_2019/video_maskformer2_R50_bs16_8ep/model_final_34112b.pkl"
 )
 
 
@@ -112,22 +120,33 @@ def test_every_row_resolves_to_its_url():
         assert model_zoo.get_checkpoint_url(f"configs/{name}.yaml") == url
         assert to_url(f"zoo://{name}") == url
         assert model_zoo.get_config(name, trained=True).MODEL.WEIGHTS == url
-        dataset, task, _ = name.split("/")
-        official = f"https://dl.fbaipublicfiles.com/maskformer/mask2former/{dataset}/{task}/"
+        entry = model_zoo.get_model_info(name)
+        if entry.task == "video instance":
+            official = f"https://dl.fbaipublicfiles.com/maskformer/video_mask2former/{entry.dataset}/"
+        else:
+            official = f"https://dl.fbaipublicfiles.com/maskformer/mask2former/{entry.dataset}/{entry.task}/"
         assert url.startswith(official)
+    assert model_zoo.get_checkpoint_url("zoo://youtubevis_2019/R50") == YTVIS2019_R50_URL
 
 
 def test_row_counts():
-    tasks = [name.split("/")[1] for name in NAMES]
-    counts = {task: tasks.count(task) for task in ("panoptic", "instance", "semantic")}
-    assert counts == {"panoptic": 17, "instance": 15, "semantic": 15}
-    assert f"{len(NAMES)} models: 17 panoptic, 15 instance, 15 semantic." in MODEL_ZOO_MD.read_text()
+    tasks = [model_zoo.get_model_info(name).task for name in NAMES]
+    counts = {task: tasks.count(task) for task in ("panoptic", "instance", "semantic", "video instance")}
+    assert counts == {"panoptic": 17, "instance": 15, "semantic": 15, "video instance": 12}
+    assert len(NAMES) == 59
+    summary = "59 models: 17 panoptic, 15 instance, 15 semantic, 12 video instance."
+    assert summary in MODEL_ZOO_MD.read_text()
+    for year in (2019, 2021):
+        assert model_zoo.list_models(dataset=f"ytvis_{year}", task="video instance") == [
+            f"youtubevis_{year}/{backbone}"
+            for backbone in ("R50", "R101", "swin_T", "swin_S", "swin_B", "swin_L")
+        ]
 
 
 def test_every_config_is_in_the_zoo():
     configs = sorted(
-        str(p.relative_to(CONFIG_DIR).with_suffix(""))
-        for p in CONFIG_DIR.glob("*/*/*.yaml")
+        p.relative_to(CONFIG_DIR).with_suffix("").as_posix()
+        for p in CONFIG_DIR.rglob("*.yaml")
         if p.name != "Base.yaml"
     )
     assert sorted(NAMES) == configs
@@ -154,10 +173,25 @@ def test_config_builds_and_matches_the_published_model(name):
     else:
         assert unit == "iterations" and cfg.SOLVER.MAX_ITER == int(amount.rstrip("k")) * 1000
 
+    video = entry.task == "video instance"
+    assert (cfg.MODEL.META_ARCHITECTURE == "VideoMaskFormer") == video
+    if video:
+        _check_video_initialisation(entry, cfg, header)
+
     cfg.MODEL.DEVICE = "meta"
     with torch.device("meta"):  # shapes without memory or initialisation
         model = build_model(cfg)
+    assert type(model).__name__ == cfg.MODEL.META_ARCHITECTURE
     assert sum(p.numel() for p in model.parameters()) == entry.params
+
+
+def _check_video_initialisation(entry, cfg, header):
+    """A video config's ``MODEL.WEIGHTS`` (named in its header too) is the checkpoint of the
+    published COCO instance model with the same backbone, that training starts from."""
+    start = [m for m in model_zoo.MODELS if m.checkpoint_file == cfg.MODEL.WEIGHTS]
+    assert len(start) == 1, cfg.MODEL.WEIGHTS
+    assert (start[0].dataset, start[0].task, start[0].backbone) == ("coco", "instance", entry.backbone)
+    assert f"{start[0].url.split('/')[-2]} ({start[0].checkpoint_file})" in header
 
 
 def test_params_equal_the_published_models(reference_dir):
@@ -165,12 +199,10 @@ def test_params_equal_the_published_models(reference_dir):
     checked = 0
     for path in sorted((reference_dir / "keys").glob("*.json")):
         manifest = json.loads(path.read_text())
-        if manifest["config"].startswith("youtubevis"):
-            continue  # video models: not in the image model zoo
         assert manifest["config"] in by_original, f"{path.name}: {manifest['config']} not in the zoo"
         assert by_original[manifest["config"]].params == manifest["num_params"], path.name
         checked += 1
-    assert checked == 12
+    assert checked == 20  # 12 image models, 8 video models
 
 
 def test_unknown_name_lists_close_names():
@@ -190,8 +222,8 @@ def _thin_panoptic(reference_dir, weights: str):
     return cfg
 
 
-def _place_in_cache(cache_dir: Path, source: Path) -> Path:
-    target = cache_dir / R50_PANOPTIC_CACHE
+def _place_in_cache(cache_dir: Path, source: Path, relative: str = R50_PANOPTIC_CACHE) -> Path:
+    target = cache_dir / relative
     target.parent.mkdir(parents=True)
     shutil.copyfile(source, target)
     return target
@@ -218,6 +250,27 @@ def test_cached_checkpoint_loads_without_network(
     Checkpointer(model).load(cfg.MODEL.WEIGHTS, strict=True)
     _assert_weights(model, arrays)
     _assert_weights(Predictor(cfg).model, arrays)  # the demo's path
+
+
+def test_cached_video_checkpoint_loads_without_network(reference_dir, tmp_path, monkeypatch, no_network):
+    """``zoo://youtubevis_2019/R50`` is read from the cache path of the video checkpoint's URL, by
+    the video predictor (what ``demo/demo.py --video-input`` uses); with an empty cache the error
+    names the URL and that path."""
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path))
+    fixture = reference_dir / "thin_r50_ytvis2019_video"
+    _place_in_cache(tmp_path, fixture / "model.pkl", YTVIS2019_R50_CACHE)
+    with open(fixture / "model.pkl", "rb") as f:
+        arrays = pickle.load(f)["model"]
+    cfg = get_cfg()
+    cfg.merge_from_file(str(fixture / "config.yaml"))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "zoo://youtubevis_2019/R50"])
+    _assert_weights(VideoPredictor(cfg).model, arrays)
+
+    monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(OSError) as error:
+        VideoPredictor(cfg)
+    message = str(error.value)
+    assert YTVIS2019_R50_URL in message and str(tmp_path / "empty" / YTVIS2019_R50_CACHE) in message
 
 
 def test_offline_error_names_url_and_cache_path(reference_dir, tmp_path, monkeypatch, no_network):

@@ -1,15 +1,22 @@
-"""The published Mask2Former image models: one :class:`ZooModel` per config of ``configs/``.
+"""The published Mask2Former models: one :class:`ZooModel` per config of ``configs/``.
 
 The facts (backbone label, schedule, metrics, number of queries, model id, original config and
 checkpoint URL) are those of the original project's model zoo (facebookresearch/Mask2Former,
-``MODEL_ZOO.md``); ``params`` is the parameter count of the model built from the config, which for
-the published models with a key manifest equals the original's count (tests check both).
-``MODEL_ZOO.md`` is generated from this table by ``tools/model_zoo_md.py``.
+``MODEL_ZOO.md``: the image models, then the video instance segmentation models of
+*Mask2Former for Video Instance Segmentation*); ``params`` is the parameter count of the model
+built from the config, which for the published models with a key manifest equals the original's
+count (tests check both). ``MODEL_ZOO.md`` is generated from this table by
+``tools/model_zoo_md.py``.
 """
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
-__all__ = ["ZooModel", "MODELS"]
+__all__ = ["ZooModel", "MODELS", "VIDEO_DATASETS", "VIDEO_TASK"]
+
+# The video configs have no task directory (``configs/youtubevis_2019/R50.yaml``). Their dataset is
+# named as in the original's checkpoint URLs and the registered datasets (``ytvis_2019_train``).
+VIDEO_DATASETS = {"youtubevis_2019": "ytvis_2019", "youtubevis_2021": "ytvis_2021"}
+VIDEO_TASK = "video instance"
 
 
 @dataclass(frozen=True)
@@ -17,12 +24,16 @@ class ZooModel:
     """One published model.
 
     Attributes:
-        name: ``<dataset>/<task>/<backbone>``, the config path under ``configs/`` without ``.yaml``.
+        name: the config path under ``configs/`` without ``.yaml``:
+            ``<dataset>/<task>/<backbone>`` for an image model (``coco/panoptic/R50``),
+            ``youtubevis_<year>/<backbone>`` for a video instance segmentation model
+            (``youtubevis_2019/R50``).
         backbone: the original's backbone label; ``(IN21k)`` marks ImageNet-22k pre-training.
         schedule: training length as the original reports it (``"50 epochs"``, ``"90k iterations"``).
         metrics: published validation metrics in percent, keyed by the original's column names
             (``PQ``, ``AP``, ``mIoU``, ``Boundary AP``, ``AP50``, ``mIoU (ms+flip)``: multi-scale and
-            flipped test).
+            flipped test; for video models ``AP`` is the mask-tube AP of the YouTube-VIS
+            evaluation server).
         queries: number of object queries.
         params: number of parameters (``model.parameters()``; buffers excluded).
         model_id: the original's model id.
@@ -42,11 +53,16 @@ class ZooModel:
 
     @property
     def dataset(self) -> str:
-        return self.name.split("/")[0]
+        """``coco``, ``cityscapes``, ``ade20k``, ``mapillary_vistas``, ``ytvis_2019`` or
+        ``ytvis_2021``."""
+        head = self.name.split("/")[0]
+        return VIDEO_DATASETS.get(head, head)
 
     @property
     def task(self) -> str:
-        return self.name.split("/")[1]
+        """``panoptic``, ``instance``, ``semantic`` or :data:`VIDEO_TASK` (``"video instance"``)."""
+        parts = self.name.split("/")
+        return VIDEO_TASK if parts[0] in VIDEO_DATASETS else parts[1]
 
     @property
     def checkpoint_file(self) -> str:
@@ -571,5 +587,137 @@ MODELS: Tuple[ZooModel, ...] = (
         model_id="49189528_0",
         original_config="mapillary-vistas/semantic-segmentation/swin/maskformer2_swin_large_IN21k_384_bs16_300k.yaml",
         url="https://dl.fbaipublicfiles.com/maskformer/mask2former/mapillary_vistas/semantic/maskformer2_swin_large_IN21k_384_bs16_300k/model_final_90ee2d.pkl",
+    ),
+    ZooModel(
+        name="youtubevis_2019/R50",
+        backbone="R50",
+        schedule="6k iterations",
+        metrics={"AP": 46.4},
+        queries=100,
+        params=43_959_977,
+        model_id="51130652_3",
+        original_config="youtubevis_2019/video_maskformer2_R50_bs16_8ep.yaml",
+        url="https://dl.fbaipublicfiles.com/maskformer/video_mask2former/ytvis_2019/video_maskformer2_R50_bs16_8ep/model_final_34112b.pkl",
+    ),
+    ZooModel(
+        name="youtubevis_2019/R101",
+        backbone="R101",
+        schedule="6k iterations",
+        metrics={"AP": 49.2},
+        queries=100,
+        params=62_899_881,
+        model_id="50897581_1",
+        original_config="youtubevis_2019/video_maskformer2_R101_bs16_8ep.yaml",
+        url="https://dl.fbaipublicfiles.com/maskformer/video_mask2former/ytvis_2019/video_maskformer2_R101_bs16_8ep/model_final_a34dca.pkl",
+    ),
+    ZooModel(
+        name="youtubevis_2019/swin_T",
+        backbone="Swin-T",
+        schedule="6k iterations",
+        metrics={"AP": 51.5},
+        queries=100,
+        params=47_411_363,
+        model_id="50897611_3",
+        original_config="youtubevis_2019/swin/video_maskformer2_swin_tiny_bs16_8ep.yaml",
+        url="https://dl.fbaipublicfiles.com/maskformer/video_mask2former/ytvis_2019/video_maskformer2_swin_tiny_bs16_8ep/model_final_26fffe.pkl",
+    ),
+    ZooModel(
+        name="youtubevis_2019/swin_S",
+        backbone="Swin-S",
+        schedule="6k iterations",
+        metrics={"AP": 54.3},
+        queries=100,
+        params=68_729_267,
+        model_id="50897661_2",
+        original_config="youtubevis_2019/swin/video_maskformer2_swin_small_bs16_8ep.yaml",
+        url="https://dl.fbaipublicfiles.com/maskformer/video_mask2former/ytvis_2019/video_maskformer2_swin_small_bs16_8ep/model_final_4a5174.pkl",
+    ),
+    ZooModel(
+        name="youtubevis_2019/swin_B",
+        backbone="Swin-B (IN21k)",
+        schedule="6k iterations",
+        metrics={"AP": 59.5},
+        queries=100,
+        params=106_893_921,
+        model_id="50897733_2",
+        original_config="youtubevis_2019/swin/video_maskformer2_swin_base_IN21k_384_bs16_8ep.yaml",
+        url="https://dl.fbaipublicfiles.com/maskformer/video_mask2former/ytvis_2019/video_maskformer2_swin_base_IN21k_384_bs16_8ep/model_final_221a8a.pkl",
+    ),
+    ZooModel(
+        name="youtubevis_2019/swin_L",
+        backbone="Swin-L (IN21k)",
+        schedule="6k iterations",
+        metrics={"AP": 60.4},
+        queries=200,
+        params=215_511_709,
+        model_id="50908813_0",
+        original_config="youtubevis_2019/swin/video_maskformer2_swin_large_IN21k_384_bs16_8ep.yaml",
+        url="https://dl.fbaipublicfiles.com/maskformer/video_mask2former/ytvis_2019/video_maskformer2_swin_large_IN21k_384_bs16_8ep/model_final_c5c739.pkl",
+    ),
+    ZooModel(
+        name="youtubevis_2021/R50",
+        backbone="R50",
+        schedule="8k iterations",
+        metrics={"AP": 40.6},
+        queries=100,
+        params=43_959_977,
+        model_id="51130652_7",
+        original_config="youtubevis_2021/video_maskformer2_R50_bs16_8ep.yaml",
+        url="https://dl.fbaipublicfiles.com/maskformer/video_mask2former/ytvis_2021/video_maskformer2_R50_bs16_8ep/model_final_b8aae2.pkl",
+    ),
+    ZooModel(
+        name="youtubevis_2021/R101",
+        backbone="R101",
+        schedule="8k iterations",
+        metrics={"AP": 42.4},
+        queries=100,
+        params=62_899_881,
+        model_id="50897581_8",
+        original_config="youtubevis_2021/video_maskformer2_R101_bs16_8ep.yaml",
+        url="https://dl.fbaipublicfiles.com/maskformer/video_mask2former/ytvis_2021/video_maskformer2_R101_bs16_8ep/model_final_6efd7a.pkl",
+    ),
+    ZooModel(
+        name="youtubevis_2021/swin_T",
+        backbone="Swin-T",
+        schedule="8k iterations",
+        metrics={"AP": 45.9},
+        queries=100,
+        params=47_411_363,
+        model_id="50897611_7",
+        original_config="youtubevis_2021/swin/video_maskformer2_swin_tiny_bs16_8ep.yaml",
+        url="https://dl.fbaipublicfiles.com/maskformer/video_mask2former/ytvis_2021/video_maskformer2_swin_tiny_bs16_8ep/model_final_965185.pkl",
+    ),
+    ZooModel(
+        name="youtubevis_2021/swin_S",
+        backbone="Swin-S",
+        schedule="8k iterations",
+        metrics={"AP": 48.6},
+        queries=100,
+        params=68_729_267,
+        model_id="50897661_7",
+        original_config="youtubevis_2021/swin/video_maskformer2_swin_small_bs16_8ep.yaml",
+        url="https://dl.fbaipublicfiles.com/maskformer/video_mask2former/ytvis_2021/video_maskformer2_swin_small_bs16_8ep/model_final_0dec91.pkl",
+    ),
+    ZooModel(
+        name="youtubevis_2021/swin_B",
+        backbone="Swin-B (IN21k)",
+        schedule="8k iterations",
+        metrics={"AP": 52.0},
+        queries=100,
+        params=106_893_921,
+        model_id="50897733_9",
+        original_config="youtubevis_2021/swin/video_maskformer2_swin_base_IN21k_384_bs16_8ep.yaml",
+        url="https://dl.fbaipublicfiles.com/maskformer/video_mask2former/ytvis_2021/video_maskformer2_swin_base_IN21k_384_bs16_8ep/model_final_a9b925.pkl",
+    ),
+    ZooModel(
+        name="youtubevis_2021/swin_L",
+        backbone="Swin-L (IN21k)",
+        schedule="8k iterations",
+        metrics={"AP": 52.6},
+        queries=200,
+        params=215_511_709,
+        model_id="50908813_6",
+        original_config="youtubevis_2021/swin/video_maskformer2_swin_large_IN21k_384_bs16_8ep.yaml",
+        url="https://dl.fbaipublicfiles.com/maskformer/video_mask2former/ytvis_2021/video_maskformer2_swin_large_IN21k_384_bs16_8ep/model_final_4da256.pkl",
     ),
 )

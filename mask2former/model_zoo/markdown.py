@@ -17,6 +17,8 @@ DATASET_TITLES = {
     "cityscapes": "Cityscapes",
     "ade20k": "ADE20K",
     "mapillary_vistas": "Mapillary Vistas",
+    "ytvis_2019": "YouTube-VIS 2019",
+    "ytvis_2021": "YouTube-VIS 2021",
 }
 
 

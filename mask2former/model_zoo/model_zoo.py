@@ -1,7 +1,8 @@
 """Look up published models by name, and build them with their official weights.
 
-Names follow the config tree: ``"coco/panoptic/R50"`` is ``configs/coco/panoptic/R50.yaml``
-(a ``configs/`` prefix, a ``.yaml`` suffix and the ``zoo://`` scheme are accepted too).
+Names follow the config tree: ``"coco/panoptic/R50"`` is ``configs/coco/panoptic/R50.yaml``,
+``"youtubevis_2019/R50"`` the video model ``configs/youtubevis_2019/R50.yaml`` (a ``configs/``
+prefix, a ``.yaml`` suffix and the ``zoo://`` scheme are accepted too).
 """
 import difflib
 from pathlib import Path
@@ -46,8 +47,9 @@ def _normalize(name: str) -> str:
 
 def list_models(dataset: Optional[str] = None, task: Optional[str] = None) -> List[str]:
     """Names of the published models, in ``MODEL_ZOO.md`` order, optionally of one dataset
-    (``"coco"``, ``"ade20k"``, ``"cityscapes"``, ``"mapillary_vistas"``) and/or task
-    (``"panoptic"``, ``"instance"``, ``"semantic"``)."""
+    (``"coco"``, ``"ade20k"``, ``"cityscapes"``, ``"mapillary_vistas"``, ``"ytvis_2019"``,
+    ``"ytvis_2021"``) and/or task (``"panoptic"``, ``"instance"``, ``"semantic"``,
+    ``"video instance"``)."""
     return [
         model.name
         for model in MODELS
@@ -115,7 +117,8 @@ def get(name: str, trained: bool = False, device: Optional[str] = None) -> nn.Mo
     """Build the model of ``name``, with its official weights when ``trained``.
 
     Like Detectron2's ``model_zoo.get``, the model is returned in training mode; call
-    ``.eval()`` before inference (or use :class:`mask2former.Predictor` with :func:`get_config`).
+    ``.eval()`` before inference (or use :class:`mask2former.Predictor` with :func:`get_config`;
+    :class:`mask2former.video.predictor.VideoPredictor` for a video model).
 
     Args:
         trained: download (once, into the iopath cache, see ``MODEL_ZOO.md``) and load the
