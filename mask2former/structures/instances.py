@@ -136,4 +136,7 @@ except ImportError:
             fields = ", ".join(f"{k}: {v}" for k, v in self._data.items())
             count = len(self) if self._data else 0
             height, width = self._size
-            return f"Instances(num_instances={count}, image_height={height}, image_width={width}, fields=[{fields}])"
+            return (
+                f"Instances(num_instances={count}, image_height={height}, image_width={width}, "
+                f"fields=[{fields}])"
+            )
