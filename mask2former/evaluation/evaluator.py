@@ -3,7 +3,7 @@ import datetime
 import logging
 import time
 from collections import OrderedDict
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
 import torch
@@ -166,22 +166,20 @@ def inference_on_dataset(
     """
     total = len(data_loader)
     logger.info("Running inference on %d batches", total)
-    evaluator = _as_evaluator(evaluator)
-    evaluator.reset()
+    collector = _as_evaluator(evaluator)
+    collector.reset()
     warmup = max(min(5, total - 1), 0)
     timer = _PhaseTimer()
     next_report = time.perf_counter() + _LOG_PERIOD_S
-    with ExitStack() as stack:
-        if isinstance(model, nn.Module):
-            stack.enter_context(inference_context(model))
-        stack.enter_context(torch.no_grad())
+    eval_mode = inference_context(model) if isinstance(model, nn.Module) else nullcontext()
+    with eval_mode, torch.no_grad():
         for done, inputs in enumerate(_timed_batches(data_loader, timer), start=1):
             with timer.phase("inference"):
                 outputs = model(inputs)
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
             with timer.phase("eval"):
-                evaluator.process(inputs, outputs)
+                collector.process(inputs, outputs)
             if done == total or time.perf_counter() >= next_report:
                 next_report = time.perf_counter() + _LOG_PERIOD_S
                 _log_progress(timer, done, total, done - warmup if done > warmup else done)
@@ -199,8 +197,8 @@ def inference_on_dataset(
         "Model forward alone took %s, %.6f s per batch and device (%d devices)",
         datetime.timedelta(seconds=int(compute)), compute / timed, devices,
     )
-    results = evaluator.evaluate()
-    return {} if results is None else results
+    summary = collector.evaluate()
+    return {} if summary is None else summary
 
 
 def _log_progress(timer: _PhaseTimer, done: int, total: int, timed: int) -> None:
