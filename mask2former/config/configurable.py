@@ -13,51 +13,52 @@ try:
 except ImportError:
     from fvcore.common.config import CfgNode as _CfgNode
 
-    def _called_with_cfg(*args, **kwargs) -> bool:
-        if args and isinstance(args[0], _CfgNode):
-            return True
-        return isinstance(kwargs.get("cfg"), _CfgNode)
+    def _cfg_given(args: tuple, kwargs: dict) -> bool:
+        """Whether a call passes a config node, first positionally or as ``cfg=``."""
+        return any(isinstance(value, _CfgNode) for value in (*args[:1], kwargs.get("cfg")))
 
-    def _get_args_from_config(from_config, *args, **kwargs) -> dict:
-        signature = inspect.signature(from_config)
-        if next(iter(signature.parameters)) != "cfg":
+    def _init_kwargs(from_config, args: tuple, kwargs: dict) -> dict:
+        """``from_config(*args, **kwargs)``; keyword arguments it does not take go straight through."""
+        params = inspect.signature(from_config).parameters
+        if next(iter(params)) != "cfg":
             raise TypeError(f"{from_config.__qualname__} must take 'cfg' as its first argument")
-        accepts_any = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
-        if accepts_any:
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             return from_config(*args, **kwargs)
-        known = set(signature.parameters)
-        extra = {k: kwargs.pop(k) for k in list(kwargs) if k not in known}
-        explicit = from_config(*args, **kwargs)
-        explicit.update(extra)
-        return explicit
+        passthrough = {k: v for k, v in kwargs.items() if k not in params}
+        resolved = from_config(*args, **{k: v for k, v in kwargs.items() if k in params})
+        return {**resolved, **passthrough}
 
     def configurable(init_func=None, *, from_config=None):
         """Decorate ``__init__`` of a class with a ``from_config`` classmethod (or a function with
-        ``from_config=``) so that it accepts ``cfg`` as its first argument."""
-        if init_func is not None:
-            if not (inspect.isfunction(init_func) and init_func.__name__ == "__init__"):
-                raise TypeError("@configurable without arguments decorates only __init__")
+        ``from_config=``) so that it accepts ``cfg`` as its first argument.
 
-            @functools.wraps(init_func)
-            def wrapped_init(self, *args, **kwargs):
-                if _called_with_cfg(*args, **kwargs):
-                    from_config_func = getattr(type(self), "from_config", None)
-                    if from_config_func is None:
-                        raise AttributeError(f"{type(self).__name__} has no from_config classmethod")
-                    init_func(self, **_get_args_from_config(from_config_func, *args, **kwargs))
-                else:
-                    init_func(self, *args, **kwargs)
+        Raises:
+            TypeError: used bare on anything but ``__init__``, or ``from_config`` does not start
+                with ``cfg``.
+            AttributeError: a config is passed to a class without ``from_config``.
+        """
+        if init_func is None:
+            return functools.partial(_wrap_function, from_config=from_config)
+        if not (inspect.isfunction(init_func) and init_func.__name__ == "__init__"):
+            raise TypeError("@configurable without arguments decorates only __init__")
 
-            return wrapped_init
+        @functools.wraps(init_func)
+        def init_accepting_cfg(self, *args, **kwargs):
+            if not _cfg_given(args, kwargs):
+                return init_func(self, *args, **kwargs)
+            reader = getattr(type(self), "from_config", None)
+            if reader is None:
+                raise AttributeError(f"{type(self).__name__} has no from_config classmethod")
+            return init_func(self, **_init_kwargs(reader, args, kwargs))
 
-        def wrapper(orig_func):
-            @functools.wraps(orig_func)
-            def wrapped(*args, **kwargs):
-                if _called_with_cfg(*args, **kwargs):
-                    return orig_func(**_get_args_from_config(from_config, *args, **kwargs))
-                return orig_func(*args, **kwargs)
+        return init_accepting_cfg
 
-            wrapped.from_config = from_config
-            return wrapped
+    def _wrap_function(func, *, from_config):
+        @functools.wraps(func)
+        def call_accepting_cfg(*args, **kwargs):
+            if _cfg_given(args, kwargs):
+                return func(**_init_kwargs(from_config, args, kwargs))
+            return func(*args, **kwargs)
 
-        return wrapper
+        call_accepting_cfg.from_config = from_config
+        return call_accepting_cfg

@@ -12,11 +12,10 @@ implementations below, with the same API:
 - ``MetadataCatalog.get(name)`` returns the (created on first use) :class:`Metadata` singleton
   of ``name``; ``list()``, ``remove(name)``.
 """
-import copy
 from collections import UserDict
 from typing import Any, Callable, Dict, List
 
-__all__ = ["DatasetCatalog", "MetadataCatalog", "Metadata"]
+__all__ = ["Metadata", "DatasetCatalog", "MetadataCatalog"]
 
 
 class Metadata:
@@ -37,18 +36,16 @@ class Metadata:
         if key.startswith("__"):
             raise AttributeError(key)
         fields = sorted(k for k in self.__dict__ if k != "name")
-        raise AttributeError(
-            f"Attribute '{key}' does not exist in the metadata of dataset "
-            f"'{self.__dict__.get('name', 'N/A')}'. Available fields: {fields}."
-        )
+        dataset = self.__dict__.get("name", "N/A")
+        raise AttributeError(f"metadata of dataset '{dataset}' has no field '{key}' (it has {fields})")
 
     def __setattr__(self, key: str, val: Any) -> None:
         if key in self.__dict__:
             old = self.__dict__[key]
             if old != val:
                 raise ValueError(
-                    f"Attribute '{key}' in the metadata of '{self.name}' cannot be set to a "
-                    f"different value: {old!r} != {val!r}"
+                    f"metadata field '{key}' of dataset '{self.name}' is already {old!r}; "
+                    f"refusing to change it to {val!r}"
                 )
             return
         object.__setattr__(self, key, val)
@@ -65,14 +62,33 @@ class Metadata:
 
     def as_dict(self) -> Dict[str, Any]:
         """A shallow copy of all fields (including ``name``)."""
-        return copy.copy(self.__dict__)
+        return dict(self.__dict__)
 
     def __repr__(self) -> str:
         return f"Metadata({', '.join(f'{k}={v!r}' for k, v in self.__dict__.items())})"
 
 
-class _DatasetCatalog(UserDict):
+class _NameTable(UserDict):
+    """A dict keyed by dataset name, with Detectron2's catalog method names."""
+
+    _title = "catalog"
+
+    def list(self) -> List[str]:
+        """All names, in registration order."""
+        return list(self.keys())
+
+    def remove(self, name: str) -> None:
+        """Drop ``name`` (``KeyError`` if unknown)."""
+        del self[name]
+
+    def __repr__(self) -> str:
+        return f"{self._title}({', '.join(self.keys())})"
+
+
+class _DatasetCatalog(_NameTable):
     """Maps a dataset name to a function returning its ``list[dict]`` (Detectron2 format)."""
+
+    _title = "DatasetCatalog"
 
     def register(self, name: str, func: Callable[[], List[dict]]) -> None:
         """Register ``func`` under ``name``.
@@ -84,7 +100,7 @@ class _DatasetCatalog(UserDict):
         if not callable(func):
             raise TypeError(f"DatasetCatalog.register('{name}', ...) needs a callable.")
         if name in self:
-            raise ValueError(f"Dataset '{name}' is already registered!")
+            raise ValueError(f"DatasetCatalog: '{name}' is already registered; remove() it first")
         self[name] = func
 
     def get(self, name: str) -> List[dict]:
@@ -93,29 +109,15 @@ class _DatasetCatalog(UserDict):
         Raises:
             KeyError: ``name`` is not registered (the message lists the registered names).
         """
-        try:
-            func = self[name]
-        except KeyError as e:
-            raise KeyError(
-                f"Dataset '{name}' is not registered! Available datasets are: "
-                f"{', '.join(self.keys())}"
-            ) from e
-        return func()
-
-    def list(self) -> List[str]:
-        """Names of all registered datasets."""
-        return list(self.keys())
-
-    def remove(self, name: str) -> None:
-        """Unregister ``name`` (``KeyError`` if unknown)."""
-        self.pop(name)
-
-    def __repr__(self) -> str:
-        return f"DatasetCatalog(registered datasets: {', '.join(self.keys())})"
+        if name not in self:
+            raise KeyError(f"DatasetCatalog has no dataset '{name}'; registered: {self.list()}")
+        return self[name]()
 
 
-class _MetadataCatalog(UserDict):
+class _MetadataCatalog(_NameTable):
     """Maps a dataset name to its :class:`Metadata` singleton (created empty on first ``get``)."""
+
+    _title = "MetadataCatalog"
 
     def get(self, name: str) -> Metadata:
         """The metadata of ``name``; an empty :class:`Metadata` is created if none exists."""
@@ -125,21 +127,9 @@ class _MetadataCatalog(UserDict):
             self[name] = Metadata(name=name)
         return self[name]
 
-    def list(self) -> List[str]:
-        """Names that have metadata."""
-        return list(self.keys())
-
-    def remove(self, name: str) -> None:
-        """Drop the metadata of ``name`` (``KeyError`` if unknown)."""
-        self.pop(name)
-
-    def __repr__(self) -> str:
-        return f"MetadataCatalog(registered metadata: {', '.join(self.keys())})"
-
 
 try:
     from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: F811
     from detectron2.data.catalog import Metadata  # noqa: F811
 except ImportError:
-    DatasetCatalog = _DatasetCatalog()
-    MetadataCatalog = _MetadataCatalog()
+    DatasetCatalog, MetadataCatalog = _DatasetCatalog(), _MetadataCatalog()

@@ -50,9 +50,10 @@ class GroupedInfiniteBatchSampler(Sampler):
         for index in itertools.islice(self._indices(), self.rank, None, self.world_size):
             bucket = buckets[self.aspect_groups[index]]
             bucket.append(index)
-            if len(bucket) == self.batch_size:
-                yield bucket[:]
-                bucket.clear()
+            if len(bucket) < self.batch_size:
+                continue
+            yield bucket[:]
+            bucket.clear()
 
     def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
         batches = itertools.islice(self._batches(), self.start_iter, None)

@@ -45,7 +45,7 @@ class ResizeTransform(Transform):
             raise ValueError(
                 f"ResizeTransform(interp={interp!r}) must be NEAREST, BILINEAR or BICUBIC"
             )
-        self._set_attributes(locals())
+        self.h, self.w, self.new_h, self.new_w, self.interp = h, w, new_h, new_w, interp
 
     def apply_image(self, img: np.ndarray, interp: Image.Resampling = None) -> np.ndarray:
         """Resize ``img`` of shape [h, w] or [h, w, C] (any dtype) to [new_h, new_w(, C)].
@@ -68,8 +68,8 @@ class ResizeTransform(Transform):
 
     def apply_coords(self, coords: np.ndarray) -> np.ndarray:
         """Scale float (x, y) coordinates of shape [N, 2] in place; returns them."""
-        coords[:, 0] = coords[:, 0] * (self.new_w * 1.0 / self.w)
-        coords[:, 1] = coords[:, 1] * (self.new_h * 1.0 / self.h)
+        for axis, factor in enumerate((self.new_w / self.w, self.new_h / self.h)):
+            coords[:, axis] = coords[:, axis] * factor
         return coords
 
     def apply_segmentation(self, segmentation: np.ndarray) -> np.ndarray:
@@ -77,7 +77,7 @@ class ResizeTransform(Transform):
         return self.apply_image(segmentation, interp=Image.Resampling.NEAREST)
 
     def inverse(self) -> "ResizeTransform":
-        return ResizeTransform(self.new_h, self.new_w, self.h, self.w, self.interp)
+        return type(self)(h=self.new_h, w=self.new_w, new_h=self.h, new_w=self.w, interp=self.interp)
 
 
 class ResizeShortestEdge:
@@ -101,12 +101,11 @@ class ResizeShortestEdge:
     ):
         if sample_style not in ("range", "choice"):
             raise ValueError(f"sample_style must be 'range' or 'choice', got {sample_style!r}")
-        if isinstance(short_edge_length, int):
-            short_edge_length = (short_edge_length, short_edge_length)
-        short_edge_length = tuple(int(x) for x in short_edge_length)
-        if sample_style == "range" and len(short_edge_length) != 2:
-            raise ValueError(f"sample_style='range' needs (min, max), got {short_edge_length}")
-        self.short_edge_length = short_edge_length
+        lengths = [short_edge_length] * 2 if isinstance(short_edge_length, int) else short_edge_length
+        lengths = tuple(int(x) for x in lengths)
+        if sample_style == "range" and len(lengths) != 2:
+            raise ValueError(f"sample_style='range' needs (min, max), got {lengths}")
+        self.short_edge_length = lengths
         self.max_size = max_size
         self.sample_style = sample_style
         self.interp = interp

@@ -63,7 +63,7 @@ def launch(main_func, num_gpus_per_machine: int, num_machines: int = 1, machine_
         _init_process_group("env://", int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"]),
                             local_rank, timeout)
         return main_func(*args)
-    world_size = num_machines * num_gpus_per_machine
+    world_size = num_gpus_per_machine * num_machines
     if world_size <= 1:
         return main_func(*args)
     if dist_url == "auto":
@@ -96,11 +96,11 @@ def launch(main_func, num_gpus_per_machine: int, num_machines: int = 1, machine_
 
 
 def _init_process_group(dist_url, world_size, rank, local_rank, timeout):
-    has_gpu = torch.cuda.is_available()
-    if has_gpu:
-        torch.cuda.set_device(local_rank)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)  # one GPU per process, by local rank
     dist.init_process_group(
-        backend="nccl" if has_gpu else "gloo",
+        backend=backend,
         init_method=dist_url,
         world_size=world_size,
         rank=rank,

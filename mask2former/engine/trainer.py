@@ -81,10 +81,8 @@ class Trainer:
             cfg, self._unwrapped, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(),
             optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
         )
-        self.start_iter = 0
-        self.iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.skipped_samples = 0
+        self.start_iter = self.iter = self.skipped_samples = 0
+        self.max_iter = int(cfg.SOLVER.MAX_ITER)
 
     @property
     def _unwrapped(self) -> torch.nn.Module:
@@ -157,7 +155,7 @@ class Trainer:
     def _count_skipped(self, batch: List[Dict]) -> int:
         """Remove the loader's skipped-sample counts from ``batch``; the total over all ranks."""
         local = sum(sample.pop(SKIPPED_KEY, 0) for sample in batch)
-        if comm.get_world_size() == 1:
+        if comm.get_world_size() < 2:
             return local
         count = torch.tensor(float(local), device=self.cfg.MODEL.DEVICE)
         total = comm.reduce_dict({"skipped": count}, average=False)["skipped"]
@@ -181,7 +179,7 @@ class Trainer:
             for self.iter in range(self.start_iter, self.max_iter):
                 start = time.perf_counter()
                 batch = next(loader)
-                data_time = time.perf_counter() - start
+                fetched = time.perf_counter()
                 counts = {}
                 if cfg.DATALOADER.SKIP_CORRUPT_SAMPLES:
                     self.skipped_samples += self._count_skipped(batch)
@@ -189,7 +187,7 @@ class Trainer:
                 values = self.run_step(batch)
                 if comm.is_main_process():
                     writer.put(self.iter, latest=counts, **values, lr=self.optimizer.param_groups[0]["lr"],
-                               data_time=data_time, time=time.perf_counter() - start)
+                               data_time=fetched - start, time=time.perf_counter() - start)
                 last = self.iter == self.max_iter - 1
                 if (self.iter + 1) % cfg.SOLVER.CHECKPOINT_PERIOD == 0 or last:
                     name = "model_final" if last else f"model_{self.iter:07d}"

@@ -3,7 +3,7 @@ import datetime
 import logging
 import time
 from collections import OrderedDict
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
 import torch
@@ -58,41 +58,89 @@ class DatasetEvaluators(DatasetEvaluator):
         self._evaluators = list(evaluators)
 
     def reset(self) -> None:
-        for evaluator in self._evaluators:
-            evaluator.reset()
+        for member in self._evaluators:
+            member.reset()
 
     def process(self, inputs: List[dict], outputs: List[dict]) -> None:
-        for evaluator in self._evaluators:
-            evaluator.process(inputs, outputs)
+        for member in self._evaluators:
+            member.process(inputs, outputs)
 
     def evaluate(self) -> "OrderedDict[str, dict]":
         """
         Raises:
             ValueError: two evaluators returned the same task name.
         """
-        results: "OrderedDict[str, dict]" = OrderedDict()
-        for evaluator in self._evaluators:
-            result = evaluator.evaluate()
-            if not comm.is_main_process() or not result:
-                continue
-            for task, metrics in result.items():
-                if task in results:
-                    raise ValueError(
-                        f"Evaluators {self._evaluators} produce results with the same key '{task}'."
-                    )
-                results[task] = metrics
-        return results
+        merged: "OrderedDict[str, dict]" = OrderedDict()
+        # Every member evaluates on every rank (they gather inside); only rank 0 merges.
+        per_member = [(member, member.evaluate()) for member in self._evaluators]
+        if not comm.is_main_process():
+            return merged
+        for member, result in per_member:
+            clash = set(result or {}) & set(merged)
+            if clash:
+                raise ValueError(
+                    f"{type(member).__name__} and an earlier evaluator return the same key "
+                    f"'{sorted(clash)[0]}'; each task name may come from one evaluator only"
+                )
+            merged.update(result or {})
+        return merged
 
 
 @contextmanager
 def inference_context(model: nn.Module) -> Iterator[None]:
     """Temporarily put ``model`` in eval mode; its previous mode is restored on exit."""
-    training_mode = model.training
-    model.eval()
+    was_training = model.training
+    model.train(False)
     try:
         yield
     finally:
-        model.train(training_mode)
+        model.train(was_training)
+
+
+class _PhaseTimer:
+    """Wall-clock seconds spent in each phase of the loop since the last :meth:`restart`."""
+
+    PHASES = ("data", "inference", "eval")
+
+    def __init__(self):
+        self.restart()
+
+    def restart(self) -> None:
+        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - begin
+
+
+_END = object()
+
+
+def _timed_batches(data_loader: Iterable, timer: _PhaseTimer) -> Iterator:
+    """The batches of ``data_loader``, with the time spent fetching each counted as "data"."""
+    batches = iter(data_loader)
+    while True:
+        with timer.phase("data"):
+            batch = next(batches, _END)
+        if batch is _END:
+            return
+        yield batch
+
+
+def _as_evaluator(evaluator) -> DatasetEvaluator:
+    if evaluator is None:
+        return DatasetEvaluators([])
+    if isinstance(evaluator, (list, tuple)):
+        return DatasetEvaluators(evaluator)
+    return evaluator
 
 
 def inference_on_dataset(
@@ -116,67 +164,46 @@ def inference_on_dataset(
     Returns:
         ``evaluator.evaluate()`` on the main process; ``{}`` on other ranks or without evaluator.
     """
-    num_devices = comm.get_world_size()
     total = len(data_loader)
-    logger.info("Start inference on %d batches", total)
-    if evaluator is None:
-        evaluator = DatasetEvaluators([])
-    elif isinstance(evaluator, (list, tuple)):
-        evaluator = DatasetEvaluators(evaluator)
-    evaluator.reset()
+    logger.info("Running inference on %d batches", total)
+    collector = _as_evaluator(evaluator)
+    collector.reset()
+    warmup = max(min(5, total - 1), 0)
+    timer = _PhaseTimer()
+    next_report = time.perf_counter() + _LOG_PERIOD_S
+    eval_mode = inference_context(model) if isinstance(model, nn.Module) else nullcontext()
+    with eval_mode, torch.no_grad():
+        for done, inputs in enumerate(_timed_batches(data_loader, timer), start=1):
+            with timer.phase("inference"):
+                outputs = model(inputs)
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+            with timer.phase("eval"):
+                collector.process(inputs, outputs)
+            if done == total or time.perf_counter() >= next_report:
+                next_report = time.perf_counter() + _LOG_PERIOD_S
+                _log_progress(timer, done, total, done - warmup if done > warmup else done)
+            if done == warmup:
+                timer.restart()
 
-    num_warmup = max(min(5, total - 1), 0)
-    start_time = time.perf_counter()
-    data_time = compute_time = eval_time = 0.0
-    last_log = time.perf_counter()
-    with ExitStack() as stack:
-        if isinstance(model, nn.Module):
-            stack.enter_context(inference_context(model))
-        stack.enter_context(torch.no_grad())
-
-        data_start = time.perf_counter()
-        for idx, inputs in enumerate(data_loader):
-            data_time += time.perf_counter() - data_start
-            if idx == num_warmup:
-                start_time = time.perf_counter()
-                data_time = compute_time = eval_time = 0.0
-
-            compute_start = time.perf_counter()
-            outputs = model(inputs)
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            compute_time += time.perf_counter() - compute_start
-
-            eval_start = time.perf_counter()
-            evaluator.process(inputs, outputs)
-            eval_time += time.perf_counter() - eval_start
-
-            timed_iters = idx + 1 - num_warmup * int(idx >= num_warmup)
-            seconds_per_iter = (time.perf_counter() - start_time) / timed_iters
-            now = time.perf_counter()
-            if idx + 1 == total or now - last_log >= _LOG_PERIOD_S:
-                last_log = now
-                eta = datetime.timedelta(seconds=int(seconds_per_iter * (total - idx - 1)))
-                logger.info(
-                    f"Inference done {idx + 1}/{total}. "
-                    f"Dataloading: {data_time / timed_iters:.4f} s/iter. "
-                    f"Inference: {compute_time / timed_iters:.4f} s/iter. "
-                    f"Eval: {eval_time / timed_iters:.4f} s/iter. "
-                    f"Total: {seconds_per_iter:.4f} s/iter. "
-                    f"ETA={eta}"
-                )
-            data_start = time.perf_counter()
-
-    total_time = time.perf_counter() - start_time
-    timed_total = max(total - num_warmup, 1)
+    timed = max(total - warmup, 1)
+    wall, compute = timer.elapsed(), timer.seconds["inference"]
+    devices = comm.get_world_size()
     logger.info(
-        f"Total inference time: {datetime.timedelta(seconds=total_time)} "
-        f"({total_time / timed_total:.6f} s / iter per device, on {num_devices} devices)"
+        "Inference took %s in all, %.6f s per batch and device (%d devices)",
+        datetime.timedelta(seconds=wall), wall / timed, devices,
     )
     logger.info(
-        f"Total inference pure compute time: {datetime.timedelta(seconds=int(compute_time))} "
-        f"({compute_time / timed_total:.6f} s / iter per device, on {num_devices} devices)"
+        "Model forward alone took %s, %.6f s per batch and device (%d devices)",
+        datetime.timedelta(seconds=int(compute)), compute / timed, devices,
     )
+    summary = collector.evaluate()
+    return {} if summary is None else summary
 
-    results = evaluator.evaluate()
-    return results if results is not None else {}
+
+def _log_progress(timer: _PhaseTimer, done: int, total: int, timed: int) -> None:
+    """One progress line: per-batch seconds of each phase over the ``timed`` batches, and the ETA."""
+    per_batch = timer.elapsed() / timed
+    phases = ", ".join(f"{name} {timer.seconds[name] / timed:.4f}" for name in timer.PHASES)
+    eta = datetime.timedelta(seconds=int(per_batch * (total - done)))
+    logger.info(f"Inference done {done}/{total}: s/batch {phases}, total {per_batch:.4f}; ETA={eta}")

@@ -174,14 +174,12 @@ class COCOEvaluator(DatasetEvaluator):
         unknown = set(tasks) - set(_TASKS)
         if unknown:
             raise ValueError(f"Unsupported tasks {sorted(unknown)}; supported: {_TASKS}.")
-        fields = resolve_metadata(
-            dataset_name,
-            {
-                "json_file": json_file,
-                "thing_dataset_id_to_contiguous_id": thing_dataset_id_to_contiguous_id,
-                "thing_classes": thing_classes,
-            },
+        given = dict(
+            json_file=json_file,
+            thing_classes=thing_classes,
+            thing_dataset_id_to_contiguous_id=thing_dataset_id_to_contiguous_id,
         )
+        fields = resolve_metadata(dataset_name, given)
         self._json_file = require_field(fields, "json_file", dataset_name, type(self).__name__)
         mapping = fields["thing_dataset_id_to_contiguous_id"]
         self._contiguous_to_dataset_id = (
@@ -189,10 +187,9 @@ class COCOEvaluator(DatasetEvaluator):
         )
         self._thing_classes = fields["thing_classes"]
         self._tasks = tasks
-        self._distributed = distributed
-        self._output_dir = output_dir
+        self._distributed, self._output_dir = distributed, output_dir
         self._max_dets_per_image = (1, 10, 100 if max_dets_per_image is None else max_dets_per_image)
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints while indexing
             self._coco_api = COCO(self._json_file)
         self._predictions: List[dict] = []
 
@@ -226,19 +223,19 @@ class COCOEvaluator(DatasetEvaluator):
             "AP75", "APs", "APm", "APl"`` and ``"AP-<class name>"`` (when class names are
             known), in percent; ``{}`` when there are no predictions; ``None`` on other ranks.
         """
+        predictions = self._predictions
         if self._distributed:
             comm.synchronize()
-            predictions = list(itertools.chain.from_iterable(comm.gather(self._predictions)))
-            if not comm.is_main_process():
+            gathered = comm.gather(predictions)
+            if comm.get_rank() != 0:
                 return None
-        else:
-            predictions = self._predictions
+            predictions = list(itertools.chain.from_iterable(gathered))
 
         if self._output_dir:
             os.makedirs(self._output_dir, exist_ok=True)
-            file_path = os.path.join(self._output_dir, "coco_instances_results.json")
-            logger.info("Saving results to %s", file_path)
-            with atomic_write(file_path) as f:
+            results_json = os.path.join(self._output_dir, "coco_instances_results.json")
+            logger.info("Writing %d COCO-format predictions to %s", len(predictions), results_json)
+            with atomic_write(results_json) as f:
                 json.dump(predictions, f)
         if not predictions:
             logger.warning("[COCOEvaluator] Did not receive valid predictions.")
@@ -261,7 +258,7 @@ class COCOEvaluator(DatasetEvaluator):
         if not self._thing_classes or len(self._thing_classes) <= 1:
             return results
         # precision: [IoU thresholds, recall thresholds, categories, area ranges, max dets]
-        precisions = coco_eval.eval["precision"]
+        precision_table = coco_eval.eval["precision"]
         category_ids = coco_eval.params.catIds
         if self._contiguous_to_dataset_id is not None:
             name_of = {
@@ -275,9 +272,11 @@ class COCOEvaluator(DatasetEvaluator):
         for index, category_id in enumerate(category_ids):
             if category_id not in name_of:
                 continue
-            precision = precisions[:, :, index, 0, -1]
-            precision = precision[precision > -1]
-            ap = float(np.mean(precision) * 100) if precision.size else float("nan")
+            # All IoU thresholds and recall levels, area "all", the largest detection limit;
+            # -1 marks cells without ground truth.
+            cells = precision_table[:, :, index, 0, -1]
+            valid = cells[cells > -1]
+            ap = float(np.mean(valid) * 100) if valid.size else float("nan")
             per_category.append((name_of[category_id], ap))
         logger.info(
             f"Per-category {task} AP:\n"

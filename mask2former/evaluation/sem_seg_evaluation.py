@@ -74,14 +74,12 @@ class SemSegEvaluator(DatasetEvaluator):
         Raises:
             ValueError: ``stuff_classes`` is given neither way.
         """
-        fields = resolve_metadata(
-            dataset_name,
-            {
-                "stuff_classes": stuff_classes,
-                "ignore_label": ignore_label,
-                "stuff_dataset_id_to_contiguous_id": stuff_dataset_id_to_contiguous_id,
-            },
+        given = dict(
+            stuff_classes=stuff_classes,
+            ignore_label=ignore_label,
+            stuff_dataset_id_to_contiguous_id=stuff_dataset_id_to_contiguous_id,
         )
+        fields = resolve_metadata(dataset_name, given)
         self._class_names = list(
             require_field(fields, "stuff_classes", dataset_name, type(self).__name__)
         )
@@ -97,8 +95,7 @@ class SemSegEvaluator(DatasetEvaluator):
             }
         self._input_file_to_gt_file = input_file_to_gt_file or {}
         self._sem_seg_loading_fn = sem_seg_loading_fn
-        self._distributed = distributed
-        self._output_dir = output_dir
+        self._distributed, self._output_dir = distributed, output_dir
         self.reset()
 
     def reset(self) -> None:
@@ -129,21 +126,16 @@ class SemSegEvaluator(DatasetEvaluator):
             ValueError: prediction and gt differ in shape, or hold labels outside
                 [0, K) (gt: outside [0, K) and not ``ignore_label``).
         """
+        k = self._num_classes
         for input_dict, output in zip(inputs, outputs):
-            sem_seg = output["sem_seg"]
-            if isinstance(sem_seg, torch.Tensor):
-                if sem_seg.dim() == 3:
-                    sem_seg = sem_seg.argmax(dim=0)
-                sem_seg = sem_seg.cpu().numpy()
-            pred = np.asarray(sem_seg).astype(np.int64)
+            pred = _label_map(output["sem_seg"])
             gt_file = self._gt_file(input_dict)
-            gt = np.array(self._sem_seg_loading_fn(gt_file, dtype=int), dtype=np.int64)
+            gt = np.asarray(self._sem_seg_loading_fn(gt_file, dtype=int), dtype=np.int64)
             if pred.shape != gt.shape:
                 raise ValueError(
                     f"Prediction of shape {pred.shape} for gt {gt_file} of shape {gt.shape}."
                 )
-            gt[gt == self._ignore_label] = self._num_classes
-            k = self._num_classes
+            gt = np.where(gt == self._ignore_label, k, gt)  # ignored pixels: extra row/column K
             if pred.size and (pred.min() < 0 or pred.max() >= k):
                 raise ValueError(f"Predicted labels must lie in [0, {k}), got {np.unique(pred)}.")
             if gt.size and (gt.min() < 0 or gt.max() > k):
@@ -151,9 +143,9 @@ class SemSegEvaluator(DatasetEvaluator):
                     f"gt {gt_file} has labels outside [0, {k}) that are not the ignore label "
                     f"{self._ignore_label}."
                 )
-            self._conf_matrix += np.bincount(
-                (k + 1) * pred.reshape(-1) + gt.reshape(-1), minlength=self._conf_matrix.size
-            ).reshape(self._conf_matrix.shape)
+            # Cell (pred, gt) of the (K+1) x (K+1) confusion matrix, counted by one bincount.
+            cells = pred.ravel() * (k + 1) + gt.ravel()
+            self._conf_matrix += np.bincount(cells, minlength=(k + 1) ** 2).reshape(k + 1, k + 1)
             if self._output_dir:
                 self._predictions.extend(self._encode_json_sem_seg(pred, input_dict["file_name"]))
 
@@ -167,8 +159,8 @@ class SemSegEvaluator(DatasetEvaluator):
                 else label
             )
             mask = np.asfortranarray((sem_seg == label)[:, :, None].astype(np.uint8))
-            rle = mask_util.encode(mask)[0]
-            rle["counts"] = rle["counts"].decode("utf-8")
+            encoded = mask_util.encode(mask)[0]
+            rle = {"size": encoded["size"], "counts": encoded["counts"].decode("ascii")}
             results.append({"file_name": file_name, "category_id": category_id, "segmentation": rle})
         return results
 
@@ -198,13 +190,11 @@ class SemSegEvaluator(DatasetEvaluator):
         tp = conf_matrix.diagonal()[:k].astype(float)
         pos_gt = conf_matrix[:k, :k].sum(axis=0).astype(float)
         pos_pred = conf_matrix[:k, :k].sum(axis=1).astype(float)
-        union = pos_gt + pos_pred - tp
+        union = pos_pred + pos_gt - tp
         acc_valid = pos_gt > 0
         iou_valid = acc_valid & (union > 0)
-        acc = np.full(k, np.nan)
-        iou = np.full(k, np.nan)
-        acc[acc_valid] = tp[acc_valid] / pos_gt[acc_valid]
-        iou[iou_valid] = tp[iou_valid] / union[iou_valid]
+        acc = np.divide(tp, pos_gt, out=np.full(k, np.nan), where=acc_valid)
+        iou = np.divide(tp, union, out=np.full(k, np.nan), where=iou_valid)
         total_gt = pos_gt.sum()
         nan = float("nan")
 
@@ -237,3 +227,11 @@ class SemSegEvaluator(DatasetEvaluator):
                 + create_per_category_table(rows, headers=("class", "IoU", "ACC"), max_columns=6)
             )
         return OrderedDict({"sem_seg": res})
+
+
+def _label_map(sem_seg) -> np.ndarray:
+    """int64 [H, W] class ids from scores [K, H, W] (argmax) or a label map (Tensor or array)."""
+    if isinstance(sem_seg, torch.Tensor):
+        labels = sem_seg.argmax(dim=0) if sem_seg.dim() == 3 else sem_seg
+        return labels.cpu().numpy().astype(np.int64)
+    return np.asarray(sem_seg).astype(np.int64)

@@ -48,24 +48,34 @@ class PositionEmbeddingSine(nn.Module):
         Returns:
             float32 [N, 2 * num_pos_feats, H, W]: y-embedding channels first, then x.
         """
-        if mask is None:
-            mask = torch.zeros((x.size(0), x.size(2), x.size(3)), device=x.device, dtype=torch.bool)
-        not_mask = ~mask
-        y_embed = not_mask.cumsum(1, dtype=torch.float32)
-        x_embed = not_mask.cumsum(2, dtype=torch.float32)
-        if self.normalize:
-            eps = 1e-6
-            y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
-            x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
+        batch, _, height, width = x.shape
+        valid = (
+            torch.ones((batch, height, width), dtype=torch.bool, device=x.device) if mask is None else ~mask
+        )
+        wavelengths = self._wavelengths(x.device)
+        per_axis = [self._embed_axis(self._positions(valid, axis), wavelengths) for axis in (1, 2)]
+        return torch.cat(per_axis, dim=1)
 
-        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=x.device)
-        dim_t = self.temperature ** (2 * (dim_t // 2) / self.num_pos_feats)
+    def _positions(self, valid: torch.Tensor, axis: int) -> torch.Tensor:
+        """float32 [N, H, W] 1-based positions of valid pixels along ``axis`` (1: y, 2: x)."""
+        positions = valid.cumsum(axis, dtype=torch.float32)
+        if not self.normalize:
+            return positions
+        extent = positions.narrow(axis, positions.size(axis) - 1, 1)
+        return positions / (extent + 1e-6) * self.scale
 
-        pos_x = x_embed[:, :, :, None] / dim_t
-        pos_y = y_embed[:, :, :, None] / dim_t
-        pos_x = torch.stack((pos_x[:, :, :, 0::2].sin(), pos_x[:, :, :, 1::2].cos()), dim=4).flatten(3)
-        pos_y = torch.stack((pos_y[:, :, :, 0::2].sin(), pos_y[:, :, :, 1::2].cos()), dim=4).flatten(3)
-        return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
+    def _wavelengths(self, device: torch.device) -> torch.Tensor:
+        """float32 [num_pos_feats]: temperature^(2 * floor(c / 2) / num_pos_feats) for channel c."""
+        channel = torch.arange(self.num_pos_feats, dtype=torch.float32, device=device)
+        exponent = channel.div(2, rounding_mode="floor") * 2 / self.num_pos_feats
+        return torch.pow(self.temperature, exponent)
+
+    @staticmethod
+    def _embed_axis(positions: torch.Tensor, wavelengths: torch.Tensor) -> torch.Tensor:
+        """[N, H, W] positions -> [N, F, H, W]: sin on even channels, cos on odd ones."""
+        angles = positions.unsqueeze(-1) / wavelengths
+        pairs = torch.stack((angles[..., ::2].sin(), angles[..., 1::2].cos()), dim=-1)
+        return pairs.flatten(-2).permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
         return (

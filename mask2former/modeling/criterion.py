@@ -23,17 +23,18 @@ def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> 
     Args:
         inputs: [M, P] mask logits. targets: [M, P] binary targets (float).
     """
-    inputs = inputs.sigmoid()
-    numerator = 2 * (inputs * targets).sum(-1)
-    denominator = inputs.sum(-1) + targets.sum(-1)
-    return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+    probs = inputs.sigmoid()
+    overlap = (probs * targets).sum(-1)
+    sizes = probs.sum(-1) + targets.sum(-1)
+    dice = (2 * overlap + 1) / (sizes + 1)
+    return (1 - dice).sum() / num_masks
 
 
 def sigmoid_ce_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
     """Binary cross-entropy of mask logits [M, P] vs targets [M, P], mean over points, summed over
     masks and divided by ``num_masks``."""
-    loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
-    return loss.mean(1).sum() / num_masks
+    per_point = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    return per_point.mean(dim=1).sum() / num_masks
 
 
 class SetCriterion(nn.Module):
@@ -59,16 +60,14 @@ class SetCriterion(nn.Module):
                 (3.0 and 0.75 in the paper).
         """
         super().__init__()
-        self.num_classes = num_classes
         self.matcher = matcher
-        self.weight_dict = weight_dict
-        self.eos_coef = eos_coef
+        self.num_classes, self.eos_coef, self.weight_dict = num_classes, eos_coef, weight_dict
         self.num_points = num_points
-        self.oversample_ratio = oversample_ratio
-        self.importance_sample_ratio = importance_sample_ratio
-        empty_weight = torch.ones(num_classes + 1)
-        empty_weight[-1] = eos_coef
-        self.register_buffer("empty_weight", empty_weight)
+        self.oversample_ratio, self.importance_sample_ratio = oversample_ratio, importance_sample_ratio
+        class_weights = torch.ones(num_classes + 1)
+        class_weights[num_classes] = eos_coef
+        # ``criterion.empty_weight`` is a key of the published checkpoints.
+        self.register_buffer("empty_weight", class_weights)
 
     @classmethod
     def from_config(cls, cfg):
@@ -84,15 +83,15 @@ class SetCriterion(nn.Module):
         if mf.DEEP_SUPERVISION:
             for i in range(mf.DEC_LAYERS - 1):
                 weight_dict.update({f"{k}_{i}": v for k, v in final.items()})
-        return {
-            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            "matcher": matcher,
-            "weight_dict": weight_dict,
-            "eos_coef": mf.NO_OBJECT_WEIGHT,
-            "num_points": mf.TRAIN_NUM_POINTS,
-            "oversample_ratio": mf.OVERSAMPLE_RATIO,
-            "importance_sample_ratio": mf.IMPORTANCE_SAMPLE_RATIO,
-        }
+        return dict(
+            num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            matcher=matcher,
+            weight_dict=weight_dict,
+            eos_coef=mf.NO_OBJECT_WEIGHT,
+            num_points=mf.TRAIN_NUM_POINTS,
+            oversample_ratio=mf.OVERSAMPLE_RATIO,
+            importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
+        )
 
     def loss_labels(self, outputs, targets, indices) -> Dict[str, torch.Tensor]:
         """Cross-entropy over K+1 classes for every query; unmatched queries target "no object"."""
@@ -112,11 +111,11 @@ class SetCriterion(nn.Module):
             [t["masks"][tgt] for t, (_, tgt) in zip(targets, indices)]
         ).to(pred_masks)[:, None]
         with torch.no_grad():
-            point_coords = get_uncertain_point_coords_with_randomness(
+            coords = get_uncertain_point_coords_with_randomness(
                 pred_masks, uncertainty, self.num_points, self.oversample_ratio, self.importance_sample_ratio
             )
-            point_labels = point_sample(target_masks, point_coords, align_corners=False).squeeze(1)
-        point_logits = point_sample(pred_masks, point_coords, align_corners=False).squeeze(1)
+            point_labels = point_sample(target_masks, coords, align_corners=False)[:, 0]
+        point_logits = point_sample(pred_masks, coords, align_corners=False)[:, 0]
         return {
             "loss_mask": sigmoid_ce_loss(point_logits, point_labels, num_masks),
             "loss_dice": dice_loss(point_logits, point_labels, num_masks),
@@ -145,11 +144,12 @@ class SetCriterion(nn.Module):
             Unweighted losses by name. The mask losses are normalised by the number of target
             masks averaged over all workers (at least 1), so an empty batch gives finite losses.
         """
-        num_masks = sum(len(t["labels"]) for t in targets)
-        num_masks = torch.as_tensor([num_masks], dtype=torch.float, device=outputs["pred_logits"].device)
-        if comm.get_world_size() > 1:
-            torch.distributed.all_reduce(num_masks)
-        num_masks = torch.clamp(num_masks / comm.get_world_size(), min=1).item()
+        local_count = float(sum(t["labels"].numel() for t in targets))
+        count = torch.tensor([local_count], device=outputs["pred_logits"].device)
+        world = comm.get_world_size()
+        if world > 1:
+            torch.distributed.all_reduce(count)
+        num_masks = max((count / world).item(), 1.0)
 
         losses = self._layer_losses(outputs, targets, num_masks)
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
@@ -158,6 +158,8 @@ class SetCriterion(nn.Module):
 
 
 def _prediction_index(indices):
-    batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)])
-    query_idx = torch.cat([src for src, _ in indices])
-    return batch_idx, query_idx
+    """(image index, query index) int64 [M] of every matched query, image by image."""
+    queries = torch.cat([src for src, _ in indices])
+    per_image = torch.tensor([len(src) for src, _ in indices], device=queries.device)
+    images = torch.repeat_interleave(torch.arange(len(indices), device=queries.device), per_image)
+    return images, queries

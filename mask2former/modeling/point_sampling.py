@@ -21,11 +21,10 @@ def point_sample(features: torch.Tensor, point_coords: torch.Tensor, **kwargs) -
     Returns:
         [N, C, P] (or [N, C, Hp, Wp]) sampled values.
     """
-    add_dim = point_coords.dim() == 3
-    if add_dim:
-        point_coords = point_coords.unsqueeze(2)
-    output = F.grid_sample(features, 2.0 * point_coords - 1.0, **kwargs)
-    return output.squeeze(3) if add_dim else output
+    flat = point_coords.dim() == 3
+    grid = point_coords[:, :, None] if flat else point_coords
+    sampled = F.grid_sample(features, grid * 2 - 1, **kwargs)
+    return sampled[..., 0] if flat else sampled
 
 
 def uncertainty(logits: torch.Tensor) -> torch.Tensor:
@@ -57,18 +56,18 @@ def get_uncertain_point_coords_with_randomness(
         raise ValueError(f"oversample_ratio must be >= 1, got {oversample_ratio}")
     if not 0 <= importance_sample_ratio <= 1:
         raise ValueError(f"importance_sample_ratio must be in [0, 1], got {importance_sample_ratio}")
-    num_boxes = coarse_logits.shape[0]
-    num_sampled = int(num_points * oversample_ratio)
-    point_coords = torch.rand(num_boxes, num_sampled, 2, device=coarse_logits.device)
-    point_logits = point_sample(coarse_logits, point_coords, align_corners=False)
-    point_uncertainties = uncertainty_func(point_logits)
-    num_uncertain_points = int(importance_sample_ratio * num_points)
-    num_random_points = num_points - num_uncertain_points
-    idx = torch.topk(point_uncertainties[:, 0, :], k=num_uncertain_points, dim=1)[1]
-    shift = num_sampled * torch.arange(num_boxes, dtype=torch.long, device=coarse_logits.device)
-    idx = idx + shift[:, None]
-    point_coords = point_coords.view(-1, 2)[idx.view(-1), :].view(num_boxes, num_uncertain_points, 2)
-    if num_random_points > 0:
-        random_coords = torch.rand(num_boxes, num_random_points, 2, device=coarse_logits.device)
-        point_coords = torch.cat([point_coords, random_coords], dim=1)
-    return point_coords
+    rois, device = coarse_logits.shape[0], coarse_logits.device
+    kept = int(importance_sample_ratio * num_points)
+    # Random draws in this order (candidates, then fill-up points): seeded runs depend on it.
+    candidates = _uniform_points(rois, int(num_points * oversample_ratio), device)
+    scores = uncertainty_func(point_sample(coarse_logits, candidates, align_corners=False))
+    most_uncertain = scores[:, 0].topk(kept, dim=1).indices
+    chosen = candidates.gather(1, most_uncertain[..., None].expand(-1, -1, 2))
+    if kept == num_points:
+        return chosen
+    return torch.cat((chosen, _uniform_points(rois, num_points - kept, device)), dim=1)
+
+
+def _uniform_points(rois: int, count: int, device: torch.device) -> torch.Tensor:
+    """[rois, count, 2] points drawn uniformly from [0, 1]^2."""
+    return torch.rand(rois, count, 2, device=device)

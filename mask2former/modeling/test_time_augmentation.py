@@ -6,6 +6,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..config import configurable
 from ..data.transforms import ResizeShortestEdge
@@ -41,21 +42,13 @@ class SemanticSegmentorWithTTA(nn.Module):
         super().__init__()
         if len(min_sizes) == 0:
             raise ValueError("SemanticSegmentorWithTTA needs at least one size in min_sizes")
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        self.model = model
-        self.min_sizes = list(min_sizes)
-        self.max_size = max_size
-        self.flip = flip
+        self.model = model.module if isinstance(model, DistributedDataParallel) else model
+        self.min_sizes, self.max_size, self.flip = list(min_sizes), max_size, flip
 
     @classmethod
     def from_config(cls, cfg, model: nn.Module):
-        return {
-            "model": model,
-            "min_sizes": cfg.TEST.AUG.MIN_SIZES,
-            "max_size": cfg.TEST.AUG.MAX_SIZE,
-            "flip": cfg.TEST.AUG.FLIP,
-        }
+        aug = cfg.TEST.AUG
+        return dict(model=model, min_sizes=aug.MIN_SIZES, max_size=aug.MAX_SIZE, flip=aug.FLIP)
 
     def augment(self, dataset_dict: Dict) -> List[Tuple[Dict, bool]]:
         """The augmented copies of one input as ``(dict, flipped)`` pairs: for each min size the
@@ -63,8 +56,8 @@ class SemanticSegmentorWithTTA(nn.Module):
         default to the input image size)."""
         image = dataset_dict["image"]
         out = []
-        for min_size in self.min_sizes:
-            resized = _resize_uint8(image, min_size, self.max_size)
+        for short_side in self.min_sizes:
+            resized = _resize_uint8(image, short_side, self.max_size)
             for flipped in ([False, True] if self.flip else [False]):
                 d = copy.copy(dataset_dict)
                 d.setdefault("height", image.shape[-2])

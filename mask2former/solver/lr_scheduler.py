@@ -21,23 +21,25 @@ logger = logging.getLogger(__name__)
 
 class WarmupParamScheduler(CompositeParamScheduler):
     """``scheduler`` preceded by a warm-up over the first ``warmup_length`` fraction of training,
-    starting at ``warmup_factor`` × the scheduler's initial value."""
+    starting at ``warmup_factor`` × the scheduler's initial value.
+
+    Raises:
+        ValueError: ``warmup_method`` is neither "linear" nor "constant".
+    """
 
     def __init__(self, scheduler: ParamScheduler, warmup_factor: float, warmup_length: float,
                  warmup_method: str = "linear"):
-        end_value = scheduler(warmup_length)
-        start_value = warmup_factor * scheduler(0.0)
-        if warmup_method == "constant":
-            warmup = ConstantParamScheduler(start_value)
-        elif warmup_method == "linear":
-            warmup = LinearParamScheduler(start_value, end_value)
+        first = scheduler(0.0) * warmup_factor
+        if warmup_method == "linear":
+            ramp = LinearParamScheduler(first, scheduler(warmup_length))
+        elif warmup_method == "constant":
+            ramp = ConstantParamScheduler(first)
         else:
             raise ValueError(f"SOLVER.WARMUP_METHOD={warmup_method!r}; expected 'linear' or 'constant'")
-        super().__init__(
-            [warmup, scheduler],
-            interval_scaling=["rescaled", "fixed"],
-            lengths=[warmup_length, 1 - warmup_length],
-        )
+        # The ramp is stretched over its share of training; the main schedule keeps its own clock.
+        remaining = 1.0 - warmup_length
+        super().__init__([ramp, scheduler], lengths=[warmup_length, remaining],
+                         interval_scaling=["rescaled", "fixed"])
 
 
 class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
@@ -45,28 +47,47 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
 
     def __init__(self, optimizer: torch.optim.Optimizer, multiplier: ParamScheduler, max_iter: int,
                  last_iter: int = -1):
-        self._multiplier = multiplier
-        self._max_iter = max_iter
-        super().__init__(optimizer, last_epoch=last_iter)
+        self._multiplier, self._max_iter = multiplier, max_iter
+        super().__init__(optimizer, last_iter)
 
     def state_dict(self):
-        return {"base_lrs": self.base_lrs, "last_epoch": self.last_epoch}
+        # Only the position: the schedule itself is rebuilt from the config on resume.
+        return {key: getattr(self, key) for key in ("base_lrs", "last_epoch")}
 
     def get_lr(self):
-        factor = self._multiplier(min(self.last_epoch / self._max_iter, 1.0 - 1e-9))
-        return [base_lr * factor for base_lr in self.base_lrs]
+        progress = min(self.last_epoch / self._max_iter, 1.0 - 1e-9)
+        factor = self._multiplier(progress)
+        return [factor * lr for lr in self.base_lrs]
 
 
 class _PolyWithConstantEnding(PolynomialDecayParamScheduler):
+    """``(1 - t)^power``, never below ``constant_ending`` when that is positive."""
+
     def __init__(self, power: float, constant_ending: float):
         super().__init__(1.0, power)
-        self._constant_ending = constant_ending
+        self._floor = constant_ending
 
     def __call__(self, where: float) -> float:
         value = super().__call__(where)
-        if self._constant_ending > 0 and value < self._constant_ending:
-            return self._constant_ending
-        return value
+        return max(value, self._floor) if self._floor > 0 else value
+
+
+def _multi_step(solver) -> ParamScheduler:
+    steps = [s for s in solver.STEPS if s <= solver.MAX_ITER]
+    if len(steps) < len(solver.STEPS):
+        logger.warning(
+            "SOLVER.STEPS=%s go beyond SOLVER.MAX_ITER=%d; the steps after MAX_ITER are ignored",
+            tuple(solver.STEPS), solver.MAX_ITER,
+        )
+    decays = [solver.GAMMA**k for k in range(len(steps) + 1)]
+    return MultiStepParamScheduler(values=decays, milestones=steps, num_updates=solver.MAX_ITER)
+
+
+def _poly(solver) -> ParamScheduler:
+    return _PolyWithConstantEnding(solver.POLY_LR_POWER, solver.POLY_LR_CONSTANT_ENDING)
+
+
+_SCHEDULES = {"WarmupMultiStepLR": _multi_step, "WarmupPolyLR": _poly}
 
 
 def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> LRMultiplier:
@@ -80,28 +101,12 @@ def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> LRMultiplier:
     """
     solver = cfg.SOLVER
     name = solver.LR_SCHEDULER_NAME
-    if name == "WarmupMultiStepLR":
-        steps = [s for s in solver.STEPS if s <= solver.MAX_ITER]
-        if len(steps) != len(solver.STEPS):
-            logger.warning(
-                "SOLVER.STEPS=%s go beyond SOLVER.MAX_ITER=%d; the steps after MAX_ITER are ignored",
-                tuple(solver.STEPS), solver.MAX_ITER,
-            )
-        scheduler = MultiStepParamScheduler(
-            values=[solver.GAMMA**k for k in range(len(steps) + 1)],
-            milestones=steps,
-            num_updates=solver.MAX_ITER,
-        )
-    elif name == "WarmupPolyLR":
-        scheduler = _PolyWithConstantEnding(solver.POLY_LR_POWER, solver.POLY_LR_CONSTANT_ENDING)
-    else:
+    if name not in _SCHEDULES:
         raise ValueError(
             f"SOLVER.LR_SCHEDULER_NAME={name!r}; expected 'WarmupMultiStepLR' or 'WarmupPolyLR'"
         )
-    scheduler = WarmupParamScheduler(
-        scheduler,
-        solver.WARMUP_FACTOR,
-        min(solver.WARMUP_ITERS / solver.MAX_ITER, 1.0),
-        solver.WARMUP_METHOD,
+    warmup_length = min(solver.WARMUP_ITERS / solver.MAX_ITER, 1.0)
+    schedule = WarmupParamScheduler(
+        _SCHEDULES[name](solver), solver.WARMUP_FACTOR, warmup_length, solver.WARMUP_METHOD
     )
-    return LRMultiplier(optimizer, multiplier=scheduler, max_iter=solver.MAX_ITER)
+    return LRMultiplier(optimizer, multiplier=schedule, max_iter=solver.MAX_ITER)

@@ -19,8 +19,7 @@ except ImportError:
         """
 
         def __init__(self, tensor: torch.Tensor, image_sizes: List[Tuple[int, int]]):
-            self.tensor = tensor
-            self.image_sizes = image_sizes
+            self.tensor, self.image_sizes = tensor, image_sizes
 
         def __len__(self) -> int:
             return len(self.image_sizes)
@@ -31,7 +30,7 @@ except ImportError:
             return self.tensor[idx, ..., :h, :w]
 
         def to(self, *args, **kwargs) -> "ImageList":
-            return ImageList(self.tensor.to(*args, **kwargs), self.image_sizes)
+            return type(self)(self.tensor.to(*args, **kwargs), self.image_sizes)
 
         @property
         def device(self) -> torch.device:

@@ -1,6 +1,5 @@
 """Per-image set of instances with named fields (Detectron2's ``Instances`` when importable,
 else a minimal equivalent with the same API)."""
-import itertools
 from typing import Any, Dict, List, Tuple, Union
 
 import torch
@@ -8,6 +7,18 @@ import torch
 try:
     from detectron2.structures import Instances
 except ImportError:
+
+    def _concat(name: str, parts: List[Any]) -> Any:
+        """Join the values of one field taken from several ``Instances``, keeping their type."""
+        first = parts[0]
+        if isinstance(first, torch.Tensor):
+            return torch.cat(parts)
+        if isinstance(first, list):
+            return [item for part in parts for item in part]
+        joiner = getattr(type(first), "cat", None)
+        if joiner is None:
+            raise ValueError(f"field '{name}' of type {type(first).__name__} has no cat() to concatenate")
+        return joiner(parts)
 
     class Instances:
         """Fields of equal length N describing the instances found in one image.
@@ -22,60 +33,61 @@ except ImportError:
         """
 
         def __init__(self, image_size: Tuple[int, int], **kwargs: Any):
-            self._image_size = image_size
-            self._fields: Dict[str, Any] = {}
-            for k, v in kwargs.items():
-                self.set(k, v)
+            object.__setattr__(self, "_size", image_size)
+            object.__setattr__(self, "_data", {})
+            for name in kwargs:
+                self.set(name, kwargs[name])
 
         @property
         def image_size(self) -> Tuple[int, int]:
-            return self._image_size
+            """``(height, width)`` of the image in pixels."""
+            return self._size
 
-        def __setattr__(self, name: str, val: Any) -> None:
-            if name.startswith("_"):
-                super().__setattr__(name, val)
-            else:
-                self.set(name, val)
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name[:1] == "_":
+                object.__setattr__(self, name, value)
+                return
+            self.set(name, value)
 
         def __getattr__(self, name: str) -> Any:
-            if name == "_fields" or name not in self._fields:
-                raise AttributeError(f"Cannot find field '{name}' in the given Instances!")
-            return self._fields[name]
+            # Only reached when normal lookup fails, i.e. for field names.
+            data = self.__dict__.get("_data", {})
+            if name in data:
+                return data[name]
+            raise AttributeError(f"Instances has no field '{name}' (fields: {sorted(data)})")
 
         def set(self, name: str, value: Any) -> None:
-            """Set field ``name``.
+            """Add or replace field ``name``.
 
             Raises:
                 ValueError: ``value`` has a length different from the existing fields'.
             """
-            data_len = len(value)
-            if self._fields and len(self) != data_len:
-                raise ValueError(
-                    f"Adding a field '{name}' of length {data_len} to Instances of length {len(self)}"
-                )
-            self._fields[name] = value
+            n = len(value)
+            if self._data and n != len(self):
+                raise ValueError(f"field '{name}' has {n} entries but these Instances have {len(self)}")
+            self._data[name] = value
 
         def has(self, name: str) -> bool:
-            return name in self._fields
+            return name in self._data
 
         def remove(self, name: str) -> None:
-            del self._fields[name]
+            """Delete field ``name`` (``KeyError`` when absent)."""
+            self._data.pop(name)
 
         def get(self, name: str) -> Any:
-            return self._fields[name]
+            return self._data[name]
 
         def get_fields(self) -> Dict[str, Any]:
             """The name -> value dict of all fields (not a copy)."""
-            return self._fields
+            return self._data
+
+        def _derive(self, change) -> "Instances":
+            """New Instances of the same image with ``change(value)`` applied to every field."""
+            return Instances(self._size, **{name: change(value) for name, value in self._data.items()})
 
         def to(self, *args: Any, **kwargs: Any) -> "Instances":
             """Copy with every field that has ``.to`` converted (same arguments as ``Tensor.to``)."""
-            ret = Instances(self._image_size)
-            for k, v in self._fields.items():
-                if hasattr(v, "to"):
-                    v = v.to(*args, **kwargs)
-                ret.set(k, v)
-            return ret
+            return self._derive(lambda v: v.to(*args, **kwargs) if hasattr(v, "to") else v)
 
         def __getitem__(self, item: Union[int, slice, torch.Tensor]) -> "Instances":
             """Select instances by int (kept as a length-1 Instances), slice, bool mask or indices.
@@ -84,21 +96,20 @@ except ImportError:
                 IndexError: an int index out of range.
             """
             if type(item) is int:
-                if item >= len(self) or item < -len(self):
-                    raise IndexError("Instances index out of range!")
-                item = slice(item, None, len(self))
-            ret = Instances(self._image_size)
-            for k, v in self._fields.items():
-                ret.set(k, v[item])
-            return ret
+                n = len(self)
+                if not -n <= item < n:
+                    raise IndexError(f"index {item} outside Instances of length {n}")
+                start = item % n
+                item = slice(start, start + 1)
+            return self._derive(lambda v: v[item])
 
         def __len__(self) -> int:
-            for v in self._fields.values():
-                return v.__len__()
-            raise NotImplementedError("Empty Instances does not support __len__!")
+            if not self._data:
+                raise NotImplementedError("len() of Instances without fields is undefined")
+            return len(next(iter(self._data.values())))
 
         def __iter__(self):
-            raise NotImplementedError("`Instances` object is not iterable!")
+            raise NotImplementedError("Instances cannot be iterated; index it or read its fields")
 
         @staticmethod
         def cat(instance_lists: List["Instances"]) -> "Instances":
@@ -107,33 +118,25 @@ except ImportError:
             Raises:
                 ValueError: empty list, or differing image sizes.
             """
-            if len(instance_lists) == 0:
+            if not instance_lists:
                 raise ValueError("Instances.cat needs at least one Instances")
-            if len(instance_lists) == 1:
-                return instance_lists[0]
-            image_size = instance_lists[0].image_size
-            for i in instance_lists[1:]:
-                if i.image_size != image_size:
-                    raise ValueError(f"Cannot cat Instances of sizes {image_size} and {i.image_size}")
-            ret = Instances(image_size)
-            for k in instance_lists[0]._fields:
-                values = [i.get(k) for i in instance_lists]
-                v0 = values[0]
-                if isinstance(v0, torch.Tensor):
-                    values = torch.cat(values, dim=0)
-                elif isinstance(v0, list):
-                    values = list(itertools.chain(*values))
-                elif hasattr(type(v0), "cat"):
-                    values = type(v0).cat(values)
-                else:
-                    raise ValueError(f"Unsupported type {type(v0)} for concatenation")
-                ret.set(k, values)
-            return ret
+            head, *rest = instance_lists
+            if not rest:
+                return head
+            sizes = {inst.image_size for inst in instance_lists}
+            if len(sizes) > 1:
+                raise ValueError(f"Cannot cat Instances of different image sizes {sorted(sizes)}")
+            joined = {
+                name: _concat(name, [inst.get(name) for inst in instance_lists])
+                for name in head.get_fields()
+            }
+            return Instances(head.image_size, **joined)
 
         def __repr__(self) -> str:
-            fields = ", ".join(f"{k}: {v}" for k, v in self._fields.items())
+            fields = ", ".join(f"{k}: {v}" for k, v in self._data.items())
+            count = len(self) if self._data else 0
+            height, width = self._size
             return (
-                f"Instances(num_instances={len(self) if self._fields else 0}, "
-                f"image_height={self._image_size[0]}, image_width={self._image_size[1]}, "
+                f"Instances(num_instances={count}, image_height={height}, image_width={width}, "
                 f"fields=[{fields}])"
             )

@@ -48,18 +48,19 @@ def synchronize() -> None:
     """Barrier across all processes; a no-op with fewer than two processes."""
     if get_world_size() < 2:
         return
-    if dist.get_backend() == dist.Backend.NCCL:
-        dist.barrier(device_ids=[torch.cuda.current_device()])
-    else:
-        dist.barrier()
+    # NCCL barriers need to know this rank's GPU, else they guess one and may hang.
+    kwargs = {"device_ids": [torch.cuda.current_device()]} if _uses_nccl() else {}
+    dist.barrier(**kwargs)
+
+
+def _uses_nccl() -> bool:
+    return dist.get_backend() == "nccl"
 
 
 @functools.lru_cache()
 def _cpu_group() -> Any:
     """A gloo group with all ranks (the default group itself unless it is NCCL)."""
-    if dist.get_backend() == dist.Backend.NCCL:
-        return dist.new_group(backend="gloo")
-    return dist.group.WORLD
+    return dist.new_group(backend="gloo") if _uses_nccl() else dist.group.WORLD
 
 
 def all_gather(data: Any, group: Optional[Any] = None) -> List[Any]:
@@ -74,11 +75,10 @@ def all_gather(data: Any, group: Optional[Any] = None) -> List[Any]:
     """
     if get_world_size() == 1:
         return [data]
-    if group is None:
-        group = _cpu_group()
-    output: List[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(output, data, group=group)
-    return output
+    group = _cpu_group() if group is None else group
+    received: List[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(received, data, group)
+    return received
 
 
 def gather(data: Any, dst: int = 0, group: Optional[Any] = None) -> List[Any]:
@@ -95,14 +95,11 @@ def gather(data: Any, dst: int = 0, group: Optional[Any] = None) -> List[Any]:
     """
     if get_world_size() == 1:
         return [data]
-    if group is None:
-        group = _cpu_group()
-    if dist.get_rank() == dst:
-        output: List[Any] = [None] * dist.get_world_size(group)
-        dist.gather_object(data, output, dst=dst, group=group)
-        return output
-    dist.gather_object(data, None, dst=dst, group=group)
-    return []
+    group = _cpu_group() if group is None else group
+    receiving = dist.get_rank() == dst
+    received: Optional[List[Any]] = [None] * dist.get_world_size(group) if receiving else None
+    dist.gather_object(data, received, dst, group)
+    return received if receiving else []
 
 
 def reduce_dict(input_dict: Dict[str, torch.Tensor], average: bool = True) -> Dict[str, torch.Tensor]:
@@ -124,6 +121,6 @@ def reduce_dict(input_dict: Dict[str, torch.Tensor], average: bool = True) -> Di
         names = sorted(input_dict.keys())
         values = torch.stack([input_dict[k] for k in names], dim=0)
         dist.reduce(values, dst=0)
-        if dist.get_rank() == 0 and average:
+        if average and get_rank() == 0:
             values /= world_size
         return dict(zip(names, values))

@@ -129,8 +129,8 @@ class ResizeScale(Augmentation):
         h, w = image.shape[:2]
         scale = np.random.uniform(self.min_scale, self.max_scale)
         factor = min(scale * self.target_height / h, scale * self.target_width / w)
-        newh, neww = (int(v) for v in np.round(np.multiply((h, w), factor)))
-        return ResizeTransform(h, w, newh, neww, self.interp)
+        out_h, out_w = (int(v) for v in np.round(np.multiply((h, w), factor)))
+        return ResizeTransform(h, w, out_h, out_w, self.interp)
 
 
 class FixedSizeCrop(Augmentation):
@@ -155,14 +155,11 @@ class FixedSizeCrop(Augmentation):
         offset = np.round(excess * np.random.uniform(0.0, 1.0))
         y0, x0 = (int(v) for v in offset)
         out_h, out_w = min(h, ch), min(w, cw)
-        transforms = [CropTransform(x0, y0, out_w, out_h, w, h)]
-        if self.pad:
-            transforms.append(
-                PadTransform(
-                    0, 0, cw - out_w, ch - out_h, out_w, out_h, self.pad_value, self.seg_pad_value
-                )
-            )
-        return TransformList(transforms)
+        crop = CropTransform(x0, y0, out_w, out_h, w, h)
+        if not self.pad:
+            return TransformList([crop])
+        pad = PadTransform(0, 0, cw - out_w, ch - out_h, out_w, out_h, self.pad_value, self.seg_pad_value)
+        return TransformList([crop, pad])
 
 
 class RandomCrop(Augmentation):
@@ -185,13 +182,14 @@ class RandomCrop(Augmentation):
         """Sampled ``(crop_h, crop_w)`` for an image of ``(h, w)`` pixels."""
         h, w = image_size
         a, b = self.crop_size
-        if self.crop_type == "relative":
-            return int(h * a + 0.5), int(w * b + 0.5)
-        if self.crop_type == "relative_range":
-            low = np.asarray((a, b), dtype=np.float32)
-            ch, cw = low + np.random.rand(2) * (1 - low)
-            return int(h * ch + 0.5), int(w * cw + 0.5)
-        if self.crop_type == "absolute":
+        kind = self.crop_type
+        if kind.startswith("relative"):
+            fractions = (a, b)
+            if kind == "relative_range":
+                low = np.asarray(fractions, dtype=np.float32)
+                fractions = low + np.random.rand(2) * (1 - low)
+            return tuple(int(side * f + 0.5) for side, f in zip((h, w), fractions))
+        if kind == "absolute":
             return min(int(a), h), min(int(b), w)
         if a > b:
             raise ValueError(f"'absolute_range' needs min <= max, got {self.crop_size}.")
@@ -226,26 +224,30 @@ class RandomCropCategoryAreaConstraint(Augmentation):
         single_category_max_area: float = 1.0,
         ignored_category: Optional[int] = None,
     ):
-        self.crop_aug = RandomCrop(crop_type, crop_size)
+        self.crop = RandomCrop(crop_type, crop_size)
         self.single_category_max_area = single_category_max_area
         self.ignored_category = ignored_category
 
     def get_transform(self, image, sem_seg: Optional[np.ndarray] = None) -> Transform:
-        if self.single_category_max_area >= 1.0:
-            return self.crop_aug.get_transform(image)
+        limit = self.single_category_max_area
+        if limit >= 1.0:
+            return self.crop.get_transform(image)
         if sem_seg is None:
             raise ValueError("RandomCropCategoryAreaConstraint needs the sem_seg label map.")
         h, w = sem_seg.shape[:2]
         for _ in range(10):
-            ch, cw = self.crop_aug.get_crop_size((h, w))
+            ch, cw = self.crop.get_crop_size((h, w))
             y0 = int(np.random.randint(h - ch + 1))
             x0 = int(np.random.randint(w - cw + 1))
-            labels, counts = np.unique(sem_seg[y0 : y0 + ch, x0 : x0 + cw], return_counts=True)
-            if self.ignored_category is not None:
-                counts = counts[labels != self.ignored_category]
-            if len(counts) > 1 and counts.max() < counts.sum() * self.single_category_max_area:
+            if self._acceptable(sem_seg[y0 : y0 + ch, x0 : x0 + cw], limit):
                 break
         return CropTransform(x0, y0, cw, ch, w, h)
+
+    def _acceptable(self, window: np.ndarray, limit: float) -> bool:
+        """Whether ``window`` has two or more counted classes, none covering ``limit`` of it."""
+        labels, counts = np.unique(window, return_counts=True)
+        counts = counts[labels != self.ignored_category] if self.ignored_category is not None else counts
+        return len(counts) > 1 and counts.max() < counts.sum() * limit
 
 
 class ColorAugSSD(Augmentation):

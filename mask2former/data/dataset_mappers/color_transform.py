@@ -30,7 +30,9 @@ class SSDColorTransform(Transform):
         contrast_first: bool,
     ):
         super().__init__()
-        self._set_attributes(locals())
+        self.is_rgb, self.contrast_first = is_rgb, contrast_first
+        self.brightness_beta, self.hue_delta = brightness_beta, hue_delta
+        self.contrast_alpha, self.saturation_alpha = contrast_alpha, saturation_alpha
 
     @staticmethod
     def _affine(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:

@@ -41,20 +41,14 @@ class LSJDatasetMapper:
 
     @configurable
     def __init__(self, is_train: bool = True, *, augmentations: List[Augmentation], image_format: str):
-        self.is_train = is_train
-        self.augmentations = augmentations
-        self.image_format = image_format
+        self.is_train, self.augmentations, self.image_format = is_train, augmentations, image_format
         logging.getLogger(__name__).info(f"[{type(self).__name__}] augmentations: {augmentations}")
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
-        return {
-            "is_train": is_train,
-            "augmentations": build_lsj_augmentations(
-                cfg.INPUT.IMAGE_SIZE, cfg.INPUT.MIN_SCALE, cfg.INPUT.MAX_SCALE, cfg.INPUT.RANDOM_FLIP
-            ),
-            "image_format": cfg.INPUT.FORMAT,
-        }
+        inp = cfg.INPUT
+        policies = build_lsj_augmentations(inp.IMAGE_SIZE, inp.MIN_SCALE, inp.MAX_SCALE, inp.RANDOM_FLIP)
+        return dict(is_train=is_train, augmentations=policies, image_format=inp.FORMAT)
 
     def add_targets(self, dataset_dict: dict, image: np.ndarray, transforms, input_size: Tuple[int, int]) -> None:
         """Set ``dataset_dict["instances"]`` for the augmented ``image`` [S, S, 3]."""
@@ -69,6 +63,6 @@ class LSJDatasetMapper:
         dataset_dict["padding_mask"] = padding_mask_after(transforms, input_size)
         if self.is_train:
             self.add_targets(dataset_dict, image, transforms, input_size)
-        dataset_dict.pop("annotations", None)
-        dataset_dict.pop("pan_seg_file_name", None)
+        for consumed in ("annotations", "pan_seg_file_name"):
+            dataset_dict.pop(consumed, None)
         return dataset_dict

@@ -48,20 +48,18 @@ class MaskFormerInstanceDatasetMapper:
     ):
         if not is_train:
             raise ValueError(f"{type(self).__name__} is for training only.")
-        self.is_train = is_train
-        self.augmentations = augmentations
-        self.image_format = image_format
-        self.size_divisibility = size_divisibility
+        self.is_train, self.augmentations = is_train, augmentations
+        self.image_format, self.size_divisibility = image_format, size_divisibility
         logging.getLogger(__name__).info(f"[{type(self).__name__}] augmentations: {augmentations}")
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
-        return {
-            "is_train": is_train,
-            "augmentations": build_maskformer_augmentations(cfg, category_area_crop=False),
-            "image_format": cfg.INPUT.FORMAT,
-            "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
-        }
+        return dict(
+            is_train=is_train,
+            augmentations=build_maskformer_augmentations(cfg, category_area_crop=False),
+            image_format=cfg.INPUT.FORMAT,
+            size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY,
+        )
 
     def __call__(self, dataset_dict: dict) -> dict:
         dataset_dict = copy.deepcopy(dataset_dict)

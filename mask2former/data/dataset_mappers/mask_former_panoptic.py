@@ -38,11 +38,11 @@ class MaskFormerPanopticDatasetMapper(MaskFormerSemanticDatasetMapper):
     """
 
     def __call__(self, dataset_dict: dict) -> dict:
-        dataset_dict = copy.deepcopy(dataset_dict)
-        if "annotations" in dataset_dict:
+        if "annotations" in dataset_dict.keys():
             raise ValueError("A panoptic segmentation dataset dict must not have 'annotations'.")
         if "pan_seg_file_name" not in dataset_dict:
             raise ValueError(f"No 'pan_seg_file_name' for '{dataset_dict['file_name']}'.")
+        dataset_dict = copy.deepcopy(dataset_dict)
         image = read_image_checked(dataset_dict, self.image_format)
         sem_seg = optional_sem_seg(dataset_dict)
         pan_rgb = read_image(dataset_dict.pop("pan_seg_file_name"), format="RGB")

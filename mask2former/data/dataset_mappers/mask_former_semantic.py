@@ -38,27 +38,19 @@ def build_maskformer_augmentations(cfg, category_area_crop: bool) -> List:
     ``INPUT.CROP.SINGLE_CATEGORY_MAX_AREA``, ignoring ``MODEL.SEM_SEG_HEAD.IGNORE_VALUE``, if
     ``category_area_crop``); SSD colour augmentation if ``INPUT.COLOR_AUG_SSD``; a horizontal flip.
     """
-    augs: List = [
-        ResizeShortestEdge(
-            cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+    inp = cfg.INPUT
+    policies: List = [ResizeShortestEdge(inp.MIN_SIZE_TRAIN, inp.MAX_SIZE_TRAIN, inp.MIN_SIZE_TRAIN_SAMPLING)]
+    crop = inp.CROP
+    if crop.ENABLED and category_area_crop:
+        ignored = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+        policies.append(
+            RandomCropCategoryAreaConstraint(crop.TYPE, crop.SIZE, crop.SINGLE_CATEGORY_MAX_AREA, ignored)
         )
-    ]
-    if cfg.INPUT.CROP.ENABLED:
-        if category_area_crop:
-            augs.append(
-                RandomCropCategoryAreaConstraint(
-                    cfg.INPUT.CROP.TYPE,
-                    cfg.INPUT.CROP.SIZE,
-                    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
-                    cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-                )
-            )
-        else:
-            augs.append(RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
-    if cfg.INPUT.COLOR_AUG_SSD:
-        augs.append(ColorAugSSD(img_format=cfg.INPUT.FORMAT))
-    augs.append(RandomFlip())
-    return augs
+    elif crop.ENABLED:
+        policies.append(RandomCrop(crop.TYPE, crop.SIZE))
+    if inp.COLOR_AUG_SSD:
+        policies.append(ColorAugSSD(img_format=inp.FORMAT))
+    return policies + [RandomFlip()]
 
 
 @register_mapper("mask_former_semantic")
@@ -89,27 +81,25 @@ class MaskFormerSemanticDatasetMapper:
     ):
         if not is_train:
             raise ValueError(f"{type(self).__name__} is for training only.")
-        self.is_train = is_train
-        self.augmentations = augmentations
-        self.image_format = image_format
-        self.ignore_label = ignore_label
+        self.is_train, self.augmentations = is_train, augmentations
+        self.image_format, self.ignore_label = image_format, ignore_label
         self.size_divisibility = size_divisibility
         logging.getLogger(__name__).info(f"[{type(self).__name__}] augmentations: {augmentations}")
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
-        return {
-            "is_train": is_train,
-            "augmentations": build_maskformer_augmentations(cfg, category_area_crop=True),
-            "image_format": cfg.INPUT.FORMAT,
-            "ignore_label": MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).ignore_label,
-            "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
-        }
+        return dict(
+            is_train=is_train,
+            augmentations=build_maskformer_augmentations(cfg, category_area_crop=True),
+            image_format=cfg.INPUT.FORMAT,
+            ignore_label=MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).ignore_label,
+            size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY,
+        )
 
     def __call__(self, dataset_dict: dict) -> dict:
-        dataset_dict = copy.deepcopy(dataset_dict)
-        if "annotations" in dataset_dict:
+        if "annotations" in dataset_dict.keys():
             raise ValueError("A semantic segmentation dataset dict must not have 'annotations'.")
+        dataset_dict = copy.deepcopy(dataset_dict)
         image = read_image_checked(dataset_dict, self.image_format)
         sem_seg = optional_sem_seg(dataset_dict)
         if sem_seg is None:

@@ -45,13 +45,8 @@ except ImportError:
 
         def output_shape(self) -> Dict[str, ShapeSpec]:
             """Channels and stride (input pixels per feature pixel) of each output feature map."""
-            return {
-                name: ShapeSpec(
-                    channels=self._out_feature_channels[name],
-                    stride=self._out_feature_strides[name],
-                )
-                for name in self._out_features
-            }
+            channels, strides = self._out_feature_channels, self._out_feature_strides
+            return {f: ShapeSpec(channels=channels[f], stride=strides[f]) for f in self._out_features}
 
 
 __all__ = ["Backbone"]

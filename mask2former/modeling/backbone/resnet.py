@@ -14,6 +14,7 @@ that name is free (with Detectron2 installed its own builders win; both build th
   Detectron2 installed, ``detectron2.projects.deeplab`` (when importable) is imported first so
   that its builder is the registered one.
 """
+import math
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -50,20 +51,18 @@ class CNNBlockBase(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int):
         super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.stride = stride
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
 
     def freeze(self) -> "CNNBlockBase":
         """Stop gradients to all parameters and turn every BatchNorm into FrozenBatchNorm2d."""
         for p in self.parameters():
-            p.requires_grad = False
-        FrozenBatchNorm2d.convert_frozen_batchnorm(self)
-        return self
+            p.requires_grad_(False)
+        return FrozenBatchNorm2d.convert_frozen_batchnorm(self)
 
 
 def _conv(in_channels, out_channels, kernel_size, *, norm, stride=1, dilation=1, groups=1):
     """Bias-free conv with 'same' padding for odd kernels, a ``norm`` child and MSRA init."""
+    norm_layer = get_norm(norm, out_channels)
     conv = Conv2d(
         in_channels,
         out_channels,
@@ -73,7 +72,7 @@ def _conv(in_channels, out_channels, kernel_size, *, norm, stride=1, dilation=1,
         dilation=dilation,
         groups=groups,
         bias=False,
-        norm=get_norm(norm, out_channels),
+        norm=norm_layer,
     )
     c2_msra_fill(conv)
     return conv
@@ -83,7 +82,7 @@ class BasicBlock(CNNBlockBase):
     """Two 3x3 convs plus an identity or 1x1 projection shortcut (ResNet-18/34)."""
 
     def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, norm="BN"):
-        super().__init__(in_channels, out_channels, stride)
+        super().__init__(in_channels, out_channels, stride=stride)
         self.shortcut = (
             _conv(in_channels, out_channels, 1, stride=stride, norm=norm)
             if in_channels != out_channels
@@ -117,19 +116,20 @@ class BottleneckBlock(CNNBlockBase):
         stride_in_1x1: bool = False,
         dilation: int = 1,
     ):
-        super().__init__(in_channels, out_channels, stride)
+        super().__init__(in_channels, out_channels, stride=stride)
         self.shortcut = (
             _conv(in_channels, out_channels, 1, stride=stride, norm=norm)
             if in_channels != out_channels
             else None
         )
-        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = _conv(in_channels, bottleneck_channels, 1, stride=stride_1x1, norm=norm)
+        # The stride sits in exactly one of the first two convs.
+        conv1_stride = stride if stride_in_1x1 else 1
+        self.conv1 = _conv(in_channels, bottleneck_channels, 1, stride=conv1_stride, norm=norm)
         self.conv2 = _conv(
             bottleneck_channels,
             bottleneck_channels,
             3,
-            stride=stride_3x3,
+            stride=stride // conv1_stride,
             dilation=dilation,
             groups=num_groups,
             norm=norm,
@@ -148,7 +148,7 @@ class BasicStem(CNNBlockBase):
     """7x7 stride-2 conv, ReLU, 3x3 stride-2 max-pool: [N, C, H, W] -> [N, out, H/4, W/4]."""
 
     def __init__(self, in_channels: int = 3, out_channels: int = 64, norm="BN"):
-        super().__init__(in_channels, out_channels, 4)
+        super().__init__(in_channels, out_channels, stride=4)
         self.conv1 = _conv(in_channels, out_channels, 7, stride=2, norm=norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,7 +160,7 @@ class DeepLabStem(CNNBlockBase):
     """Three 3x3 convs (strides 2, 1, 1; widths out/2, out/2, out) with ReLU, 3x3/2 max-pool."""
 
     def __init__(self, in_channels: int = 3, out_channels: int = 128, norm="BN"):
-        super().__init__(in_channels, out_channels, 4)
+        super().__init__(in_channels, out_channels, stride=4)
         self.conv1 = _conv(in_channels, out_channels // 2, 3, stride=2, norm=norm)
         self.conv2 = _conv(out_channels // 2, out_channels // 2, 3, norm=norm)
         self.conv3 = _conv(out_channels // 2, out_channels, 3, norm=norm)
@@ -201,18 +201,16 @@ class ResNet(Backbone):
     ):
         super().__init__()
         self.stem = stem
-        stride = stem.stride
-        self._out_feature_strides = {"stem": stride}
-        self._out_feature_channels = {"stem": stem.out_channels}
         if out_features is not None:
             stages = stages[: _num_stages(out_features)]
         self.stage_names = tuple(f"res{i + 2}" for i in range(len(stages)))
+        strides, channels = {"stem": stem.stride}, {"stem": stem.out_channels}
+        total_stride = stem.stride
         for name, blocks in zip(self.stage_names, stages):
             self.add_module(name, nn.Sequential(*blocks))
-            for block in blocks:
-                stride *= block.stride
-            self._out_feature_strides[name] = stride
-            self._out_feature_channels[name] = blocks[-1].out_channels
+            total_stride *= math.prod(block.stride for block in blocks)
+            strides[name], channels[name] = total_stride, blocks[-1].out_channels
+        self._out_feature_strides, self._out_feature_channels = strides, channels
         self._out_features = list(out_features or [self.stage_names[-1]])
         unknown = [f for f in self._out_features if f not in self._out_feature_strides]
         if unknown:
@@ -229,13 +227,11 @@ class ResNet(Backbone):
         """
         if x.dim() != 4:
             raise ValueError(f"ResNet takes an input of shape (N, C, H, W); got {tuple(x.shape)}")
+        wanted = set(self._out_features)
         outputs = {}
-        x = self.stem(x)
-        if "stem" in self._out_features:
-            outputs["stem"] = x
-        for name in self.stage_names:
+        for name in ("stem",) + self.stage_names:
             x = getattr(self, name)(x)
-            if name in self._out_features:
+            if name in wanted:
                 outputs[name] = x
         return outputs
 
@@ -307,11 +303,11 @@ def make_resnet_stages(
             f"ResNet-{depth} (BasicBlock) does not support RES5_MULTI_GRID={multi_grid}"
         )
     out_channels = res2_out_channels
-    bottleneck_channels = num_groups * width_per_group
+    width = num_groups * width_per_group  # bottleneck channels of res2, doubled per stage
     stages = []
     for idx in range(num_stages):
         dilation = {2: res4_dilation, 3: res5_dilation}.get(idx, 1)
-        first_stride = 1 if idx == 0 or dilation > 1 else 2
+        first_stride = 2 if idx > 0 and dilation == 1 else 1
         dilations = [dilation * m for m in multi_grid] if idx == 3 else [dilation] * num_blocks[idx]
         blocks = []
         for i in range(num_blocks[idx]):
@@ -322,7 +318,7 @@ def make_resnet_stages(
                 block = BottleneckBlock(
                     in_channels,
                     out_channels,
-                    bottleneck_channels=bottleneck_channels,
+                    bottleneck_channels=width,
                     stride=stride,
                     num_groups=num_groups,
                     norm=norm,
@@ -333,7 +329,7 @@ def make_resnet_stages(
             in_channels = out_channels
         stages.append(blocks)
         out_channels *= 2
-        bottleneck_channels *= 2
+        width *= 2
     return stages
 
 
@@ -362,8 +358,7 @@ def _resnet_from_cfg(cfg, input_shape: ShapeSpec, stem_type: str, **dilations) -
         num_stages=_num_stages(res.OUT_FEATURES),
         **dilations,
     )
-    freeze_at = cfg.MODEL.BACKBONE.FREEZE_AT
-    return ResNet(stem, stages, out_features=res.OUT_FEATURES, freeze_at=freeze_at)
+    return ResNet(stem, stages, out_features=res.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
 
 
 @register_once(BACKBONE_REGISTRY)

@@ -61,29 +61,27 @@ class MaskFormerHead(nn.Module):
                 "MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE must be 'multi_scale_pixel_decoder', got "
                 f"{transformer_in_feature!r}"
             )
-        ordered = sorted(input_shape.items(), key=lambda kv: kv[1].stride)
-        self.in_features = [name for name, _ in ordered]
-        self.ignore_value = ignore_value
-        self.common_stride = 4
-        self.loss_weight = loss_weight
+        # Submodule names (and their order) are the published checkpoints' ``sem_seg_head.*`` keys.
         self.pixel_decoder = pixel_decoder
         self.predictor = transformer_predictor
+        self.in_features = sorted(input_shape, key=lambda name: input_shape[name].stride)
+        self.num_classes, self.ignore_value, self.loss_weight = num_classes, ignore_value, loss_weight
         self.transformer_in_feature = transformer_in_feature
-        self.num_classes = num_classes
+        self.common_stride = 4  # stride of the per-pixel mask embeddings
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
-        return {
-            "input_shape": {k: v for k, v in input_shape.items() if k in cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES},
-            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            "pixel_decoder": build_pixel_decoder(cfg, input_shape),
-            "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
-            "transformer_in_feature": cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE,
-            "transformer_predictor": build_transformer_decoder(
-                cfg, cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM, mask_classification=True
-            ),
-        }
+        head = cfg.MODEL.SEM_SEG_HEAD
+        used = {name: spec for name, spec in input_shape.items() if name in head.IN_FEATURES}
+        return dict(
+            input_shape=used,
+            num_classes=head.NUM_CLASSES,
+            ignore_value=head.IGNORE_VALUE,
+            loss_weight=head.LOSS_WEIGHT,
+            pixel_decoder=build_pixel_decoder(cfg, input_shape),
+            transformer_predictor=build_transformer_decoder(cfg, head.CONVS_DIM, mask_classification=True),
+            transformer_in_feature=cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE,
+        )
 
     def forward(self, features: Dict[str, torch.Tensor]) -> Dict[str, object]:
         """

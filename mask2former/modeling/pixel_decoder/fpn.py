@@ -47,37 +47,30 @@ class BasePixelDecoder(nn.Module):
         self.in_features = [name for name, _ in shapes]
 
         use_bias = norm == ""
-        lateral_convs, output_convs = [], []
-        for idx, (_, spec) in enumerate(shapes):
-            coarsest = idx == len(shapes) - 1
-            lateral_conv = None
-            if not coarsest:
-                lateral_conv = Conv2d(
-                    spec.channels, conv_dim, kernel_size=1, bias=use_bias, norm=get_norm(norm, conv_dim)
-                )
-            output_conv = Conv2d(
-                spec.channels if coarsest else conv_dim,
-                conv_dim,
-                kernel_size=3,
-                stride=1,
-                padding=1,
-                bias=use_bias,
-                norm=get_norm(norm, conv_dim),
-                activation=F.relu,
+
+        def fpn_conv(in_channels: int, kernel_size: int, **kwargs) -> Conv2d:
+            return Conv2d(
+                in_channels, conv_dim, kernel_size=kernel_size, bias=use_bias,
+                norm=get_norm(norm, conv_dim), **kwargs,
             )
-            if lateral_conv is not None:
-                c2_xavier_fill(lateral_conv)
-                self.add_module(f"adapter_{idx + 1}", lateral_conv)
-            c2_xavier_fill(output_conv)
-            self.add_module(f"layer_{idx + 1}", output_conv)
-            lateral_convs.append(lateral_conv)
-            output_convs.append(output_conv)
-        # top-down order (coarse to fine); plain lists, the modules are registered above
-        self.lateral_convs = lateral_convs[::-1]
-        self.output_convs = output_convs[::-1]
+
+        # Module names (``adapter_i``, ``layer_i``, ``mask_features``) and their creation order are
+        # those of the published checkpoints; the lists below hold the same modules top-down.
+        self.lateral_convs: List[Optional[nn.Module]] = []
+        self.output_convs: List[nn.Module] = []
+        for level, (_, spec) in enumerate(shapes, start=1):
+            top = level == len(shapes)
+            adapter = None if top else fpn_conv(spec.channels, 1)
+            layer = fpn_conv(spec.channels if top else conv_dim, 3, padding=1, activation=F.relu)
+            for prefix, module in (("adapter", adapter), ("layer", layer)):
+                if module is not None:
+                    c2_xavier_fill(module)
+                    self.add_module(f"{prefix}_{level}", module)
+            self.lateral_convs.insert(0, adapter)
+            self.output_convs.insert(0, layer)
 
         self.mask_dim = mask_dim
-        self.mask_features = Conv2d(conv_dim, mask_dim, kernel_size=3, stride=1, padding=1)
+        self.mask_features = Conv2d(conv_dim, mask_dim, kernel_size=3, padding=1)
         c2_xavier_fill(self.mask_features)
         self.maskformer_num_feature_levels = 3
 
@@ -85,12 +78,8 @@ class BasePixelDecoder(nn.Module):
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         """Reads MODEL.SEM_SEG_HEAD.{IN_FEATURES, CONVS_DIM, MASK_DIM, NORM}."""
         head = cfg.MODEL.SEM_SEG_HEAD
-        return {
-            "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
-            "conv_dim": head.CONVS_DIM,
-            "mask_dim": head.MASK_DIM,
-            "norm": head.NORM,
-        }
+        used = {name: spec for name, spec in input_shape.items() if name in head.IN_FEATURES}
+        return dict(input_shape=used, conv_dim=head.CONVS_DIM, mask_dim=head.MASK_DIM, norm=head.NORM)
 
     def forward_features(
         self, features: Dict[str, torch.Tensor]
@@ -112,15 +101,12 @@ class BasePixelDecoder(nn.Module):
         missing = [f for f in self.in_features if f not in features]
         if missing:
             raise KeyError(f"BasePixelDecoder: features {missing} missing; got {sorted(features)}")
-        outputs = []
-        top_down = zip(self.lateral_convs, self.output_convs, self.in_features[::-1])
-        for lateral_conv, output_conv, name in top_down:
-            x = features[name]
-            if lateral_conv is None:
-                y = output_conv(x)
-            else:
-                cur_fpn = lateral_conv(x)
-                y = output_conv(cur_fpn + F.interpolate(y, size=cur_fpn.shape[-2:], mode="nearest"))
+        (top, _, top_layer), *finer = zip(self.in_features[::-1], self.lateral_convs, self.output_convs)
+        y = top_layer(features[top])
+        outputs = [y]
+        for name, adapter, layer in finer:
+            lateral = adapter(features[name])
+            y = layer(lateral + F.interpolate(y, size=lateral.shape[-2:], mode="nearest"))
             outputs.append(y)
         return self.mask_features(y), None, outputs[: self.maskformer_num_feature_levels]
 

@@ -20,30 +20,46 @@ def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return table[name]
 
 
-def _xavier_init(module: nn.Module) -> None:
-    for p in module.parameters():
-        if p.dim() > 1:
-            nn.init.xavier_uniform_(p)
+class _ResidualSublayer(nn.Module):
+    """Shared residual wrapper: post-norm ``norm(x + drop(f(x)))`` or pre-norm ``x + drop(f(norm(x)))``.
+
+    Subclasses build their own sublayer first, then call :meth:`_finish` (which adds ``norm`` and
+    ``dropout``, so the state-dict order is the published one: sublayer weights, then ``norm``).
+    """
+
+    def _finish(self, d_model: int, dropout: float, normalize_before: bool) -> None:
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.normalize_before = normalize_before
+        # Xavier-uniform for every weight matrix, as the published model was initialised.
+        for weight in (p for p in self.parameters() if p.dim() > 1):
+            nn.init.xavier_uniform_(weight)
+
+    def _residual(self, tgt: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        if self.normalize_before:
+            return tgt + self.dropout(sublayer(self.norm(tgt)))
+        return self.norm(tgt + self.dropout(sublayer(tgt)))
 
 
 def _with_pos(tensor: torch.Tensor, pos: Optional[torch.Tensor]) -> torch.Tensor:
-    return tensor if pos is None else tensor + pos
+    """``tensor + pos``, or ``tensor`` when there is no positional embedding."""
+    if pos is not None:
+        return tensor + pos
+    return tensor
 
 
-class SelfAttentionLayer(nn.Module):
+class SelfAttentionLayer(_ResidualSublayer):
     """Multi-head self-attention among the queries; the positional embedding ``query_pos`` is
     added to queries and keys, not to values.
 
-    Submodules (state-dict names): ``self_attn`` (``nn.MultiheadAttention``), ``norm``.
+    Submodules (state-dict names, fixed by the published checkpoints): ``self_attn``
+    (``nn.MultiheadAttention``), ``norm``.
     """
 
     def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, normalize_before: bool = False):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
-        self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.normalize_before = normalize_before
-        _xavier_init(self)
+        self.self_attn = nn.MultiheadAttention(embed_dim=d_model, num_heads=nhead, dropout=dropout)
+        self._finish(d_model, dropout, normalize_before)
 
     def forward(
         self,
@@ -54,27 +70,28 @@ class SelfAttentionLayer(nn.Module):
     ) -> torch.Tensor:
         """tgt, query_pos: [Q, N, C] -> [Q, N, C]. ``tgt_mask``: bool [N*heads, Q, Q] or [Q, Q],
         True = not attended."""
-        x = self.norm(tgt) if self.normalize_before else tgt
-        q = k = _with_pos(x, query_pos)
-        out = self.self_attn(q, k, value=x, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask)[0]
-        tgt = tgt + self.dropout(out)
-        return tgt if self.normalize_before else self.norm(tgt)
+
+        def attend(x: torch.Tensor) -> torch.Tensor:
+            queries = _with_pos(x, query_pos)
+            return self.self_attn(
+                queries, queries, x, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask
+            )[0]
+
+        return self._residual(tgt, attend)
 
 
-class CrossAttentionLayer(nn.Module):
+class CrossAttentionLayer(_ResidualSublayer):
     """Multi-head attention from the queries to image features (``memory``), with an optional
     attention mask (the "masked attention" of Mask2Former, Eq. 2).
 
-    Submodules (state-dict names): ``multihead_attn`` (``nn.MultiheadAttention``), ``norm``.
+    Submodules (state-dict names, fixed by the published checkpoints): ``multihead_attn``
+    (``nn.MultiheadAttention``), ``norm``.
     """
 
     def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, normalize_before: bool = False):
         super().__init__()
-        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
-        self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.normalize_before = normalize_before
-        _xavier_init(self)
+        self.multihead_attn = nn.MultiheadAttention(embed_dim=d_model, num_heads=nhead, dropout=dropout)
+        self._finish(d_model, dropout, normalize_before)
 
     def forward(
         self,
@@ -87,22 +104,24 @@ class CrossAttentionLayer(nn.Module):
     ) -> torch.Tensor:
         """tgt, query_pos: [Q, N, C]; memory, pos: [HW, N, C]; ``memory_mask``: bool
         [N*heads, Q, HW], True = not attended. Returns [Q, N, C]."""
-        x = self.norm(tgt) if self.normalize_before else tgt
-        out = self.multihead_attn(
-            query=_with_pos(x, query_pos),
-            key=_with_pos(memory, pos),
-            value=memory,
-            attn_mask=memory_mask,
-            key_padding_mask=memory_key_padding_mask,
-        )[0]
-        tgt = tgt + self.dropout(out)
-        return tgt if self.normalize_before else self.norm(tgt)
+        keys = _with_pos(memory, pos)
+
+        def attend(x: torch.Tensor) -> torch.Tensor:
+            queries = _with_pos(x, query_pos)
+            padding = memory_key_padding_mask
+            attended, _ = self.multihead_attn(
+                queries, keys, memory, attn_mask=memory_mask, key_padding_mask=padding
+            )
+            return attended
+
+        return self._residual(tgt, attend)
 
 
-class FFNLayer(nn.Module):
+class FFNLayer(_ResidualSublayer):
     """Position-wise feed-forward block ``linear2(act(linear1(x)))``.
 
-    Submodules (state-dict names): ``linear1``, ``linear2``, ``norm``.
+    Submodules (state-dict names, fixed by the published checkpoints): ``linear1``, ``linear2``,
+    ``norm``.
     """
 
     def __init__(
@@ -114,20 +133,14 @@ class FFNLayer(nn.Module):
         normalize_before: bool = False,
     ):
         super().__init__()
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.norm = nn.LayerNorm(d_model)
         self.activation = _activation(activation)
-        self.normalize_before = normalize_before
-        _xavier_init(self)
+        self.linear1 = nn.Linear(in_features=d_model, out_features=dim_feedforward)
+        self.linear2 = nn.Linear(in_features=dim_feedforward, out_features=d_model)
+        self._finish(d_model, dropout, normalize_before)
 
     def forward(self, tgt: torch.Tensor) -> torch.Tensor:
         """[Q, N, C] -> [Q, N, C]."""
-        x = self.norm(tgt) if self.normalize_before else tgt
-        out = self.linear2(self.dropout(self.activation(self.linear1(x))))
-        tgt = tgt + self.dropout(out)
-        return tgt if self.normalize_before else self.norm(tgt)
+        return self._residual(tgt, lambda x: self.linear2(self.dropout(self.activation(self.linear1(x)))))
 
 
 class MLP(nn.Module):
@@ -136,14 +149,12 @@ class MLP(nn.Module):
 
     def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
         super().__init__()
-        dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
-        dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
+        widths = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
         self.num_layers = num_layers
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < self.num_layers - 1:
-                x = F.relu(x)
-        return x
+        *hidden, last = self.layers
+        for layer in hidden:
+            x = F.relu(layer(x))
+        return last(x)
