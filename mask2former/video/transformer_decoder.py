@@ -96,15 +96,11 @@ class VideoMultiScaleMaskedTransformerDecoder(MultiScaleMaskedTransformerDecoder
             [B*heads, Q, T*h*w] (t-major), True where the bilinearly resized probability is < 0.5,
             detached.
         """
-        decoder_output = self.decoder_norm(output).transpose(0, 1)
-        outputs_class = self.class_embed(decoder_output)
-        mask_embed = self.mask_embed(decoder_output)
-        outputs_mask = torch.einsum("bqc,btchw->bqthw", mask_embed, mask_features)
-
-        b, q, t = outputs_mask.shape[:3]
-        attn_mask = F.interpolate(
-            outputs_mask.flatten(0, 1), size=attn_mask_target_size, mode="bilinear", align_corners=False
+        class_logits, mask_embedding = self.query_heads(output)
+        mask_logits = torch.einsum("bqc,btchw->bqthw", mask_embedding, mask_features)
+        clips, queries = mask_logits.shape[:2]
+        # Frames as channels: each frame's mask is resized on its own grid.
+        resized = F.interpolate(
+            mask_logits.flatten(0, 1), size=attn_mask_target_size, mode="bilinear", align_corners=False
         )
-        attn_mask = attn_mask.view(b, q, -1).sigmoid() < 0.5
-        attn_mask = attn_mask.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1).detach()
-        return outputs_class, outputs_mask, attn_mask
+        return class_logits, mask_logits, self.attention_mask(resized.view(clips, queries, -1))

@@ -73,41 +73,33 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         if not mask_classification:
             raise ValueError("MultiScaleMaskedTransformerDecoder only supports mask_classification=True")
         self.mask_classification = mask_classification
-
-        self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
-
+        # The attribute names and their order below are those of the published state dict.
+        width = hidden_dim
+        self.pe_layer = PositionEmbeddingSine(width // 2, normalize=True)
         self.num_heads = nheads
         self.num_layers = dec_layers
-        self.transformer_self_attention_layers = nn.ModuleList(
-            SelfAttentionLayer(hidden_dim, nheads, dropout=0.0, normalize_before=pre_norm)
-            for _ in range(dec_layers)
-        )
-        self.transformer_cross_attention_layers = nn.ModuleList(
-            CrossAttentionLayer(hidden_dim, nheads, dropout=0.0, normalize_before=pre_norm)
-            for _ in range(dec_layers)
-        )
-        self.transformer_ffn_layers = nn.ModuleList(
-            FFNLayer(hidden_dim, dim_feedforward, dropout=0.0, normalize_before=pre_norm)
-            for _ in range(dec_layers)
-        )
-        self.decoder_norm = nn.LayerNorm(hidden_dim)
+
+        def stack(make_block) -> nn.ModuleList:
+            return nn.ModuleList(make_block() for _ in range(dec_layers))
+
+        block = {"dropout": 0.0, "normalize_before": pre_norm}
+        self.transformer_self_attention_layers = stack(lambda: SelfAttentionLayer(width, nheads, **block))
+        self.transformer_cross_attention_layers = stack(lambda: CrossAttentionLayer(width, nheads, **block))
+        self.transformer_ffn_layers = stack(lambda: FFNLayer(width, dim_feedforward, **block))
+        self.decoder_norm = nn.LayerNorm(width)
 
         self.num_queries = num_queries
-        self.query_feat = nn.Embedding(num_queries, hidden_dim)
-        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        # Learnable query features (the decoder's input) and query positions, Q x C each.
+        self.query_feat, self.query_embed = (nn.Embedding(num_queries, width) for _ in range(2))
 
-        self.level_embed = nn.Embedding(self.num_feature_levels, hidden_dim)
-        self.input_proj = nn.ModuleList()
-        for _ in range(self.num_feature_levels):
-            if in_channels != hidden_dim or enforce_input_project:
-                proj = Conv2d(in_channels, hidden_dim, kernel_size=1)
-                c2_xavier_fill(proj)
-                self.input_proj.append(proj)
-            else:
-                self.input_proj.append(nn.Sequential())
-
-        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
-        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        self.level_embed = nn.Embedding(self.num_feature_levels, width)
+        needs_projection = enforce_input_project or in_channels != width
+        self.input_proj = nn.ModuleList(
+            _input_projection(in_channels, width) if needs_projection else nn.Sequential()
+            for _ in range(self.num_feature_levels)
+        )
+        self.class_embed = nn.Linear(width, num_classes + 1)
+        self.mask_embed = MLP(width, width, mask_dim, num_layers=3)
 
     @classmethod
     def from_config(cls, cfg, in_channels: int, mask_classification: bool):
@@ -171,32 +163,24 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         query_embed = self.query_embed.weight.unsqueeze(1).repeat(1, batch, 1)
         output = self.query_feat.weight.unsqueeze(1).repeat(1, batch, 1)
 
-        classes, masks = [], []
-        outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(
-            output, mask_features, sizes[0]
-        )
-        classes.append(outputs_class)
-        masks.append(outputs_mask)
-
-        for i in range(self.num_layers):
-            level_index = i % self.num_feature_levels
+        levels = self.num_feature_levels
+        class_logits, mask_logits, attn_mask = self.forward_prediction_heads(output, mask_features, sizes[0])
+        classes, masks = [class_logits], [mask_logits]
+        for layer in range(self.num_layers):
+            level = layer % levels
             # A query whose mask covers no pixel would attend to nothing: let it attend everywhere.
             attn_mask = attn_mask & ~attn_mask.all(dim=-1, keepdim=True)
-            output = self.transformer_cross_attention_layers[i](
-                output,
-                src[level_index],
-                memory_mask=attn_mask,
-                memory_key_padding_mask=None,
-                pos=pos[level_index],
-                query_pos=query_embed,
+            output = self.transformer_cross_attention_layers[layer](
+                output, src[level], memory_mask=attn_mask, memory_key_padding_mask=None,
+                pos=pos[level], query_pos=query_embed,
             )
-            output = self.transformer_self_attention_layers[i](output, query_pos=query_embed)
-            output = self.transformer_ffn_layers[i](output)
-            outputs_class, outputs_mask, attn_mask = self.forward_prediction_heads(
-                output, mask_features, sizes[(i + 1) % self.num_feature_levels]
+            output = self.transformer_self_attention_layers[layer](output, query_pos=query_embed)
+            output = self.transformer_ffn_layers[layer](output)
+            class_logits, mask_logits, attn_mask = self.forward_prediction_heads(
+                output, mask_features, sizes[(layer + 1) % levels]
             )
-            classes.append(outputs_class)
-            masks.append(outputs_mask)
+            classes.append(class_logits)
+            masks.append(mask_logits)
 
         return {
             "pred_logits": classes[-1],
@@ -219,14 +203,27 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             [N*heads, Q, h*w], True where the bilinearly resized mask probability is < 0.5
             (= not attended), detached from the graph.
         """
-        decoder_output = self.decoder_norm(output).transpose(0, 1)
-        outputs_class = self.class_embed(decoder_output)
-        mask_embed = self.mask_embed(decoder_output)
-        outputs_mask = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
+        class_logits, mask_embedding = self.query_heads(output)
+        mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embedding, mask_features)
+        resized = F.interpolate(mask_logits, size=attn_mask_target_size, mode="bilinear", align_corners=False)
+        return class_logits, mask_logits, self.attention_mask(resized.flatten(2))
 
-        attn_mask = F.interpolate(
-            outputs_mask, size=attn_mask_target_size, mode="bilinear", align_corners=False
-        )
-        attn_mask = attn_mask.sigmoid().flatten(2) < 0.5
-        attn_mask = attn_mask.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1).detach()
-        return outputs_class, outputs_mask, attn_mask
+    def query_heads(self, output: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Class logits [N, Q, K+1] and mask embeddings [N, Q, mask_dim] of the queries [Q, N, C],
+        after the decoder's final LayerNorm."""
+        queries = self.decoder_norm(output).transpose(0, 1)
+        return self.class_embed(queries), self.mask_embed(queries)
+
+    def attention_mask(self, resized_mask_logits: torch.Tensor) -> torch.Tensor:
+        """Masked attention (Eq. 2): from mask logits [N, Q, S] at the attended level, the bool
+        mask [N*heads, Q, S] that is True (not attended) where the probability is < 0.5; the same
+        for every head, detached from the graph."""
+        blocked = resized_mask_logits.sigmoid() < 0.5
+        return blocked.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1).detach()
+
+
+def _input_projection(in_channels: int, width: int) -> nn.Module:
+    """1x1 convolution to the decoder width, Caffe2 Xavier-initialised."""
+    projection = Conv2d(in_channels, width, kernel_size=1)
+    c2_xavier_fill(projection)
+    return projection
