@@ -10,7 +10,8 @@ from ..config import configurable
 from ..data.catalog import MetadataCatalog
 from ..modeling.backbone.build import build_backbone
 from ..structures import ImageList
-from ..utils.registry import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
+from ..modeling.meta_arch.mask_former_head import build_sem_seg_head
+from ..utils.registry import META_ARCH_REGISTRY
 from .criterion import VideoSetCriterion
 from .inference import video_instance_inference
 
@@ -52,38 +53,29 @@ class VideoMaskFormer(nn.Module):
             test_topk_per_video: (query, class) pairs kept per video (10 in the original).
         """
         super().__init__()
-        self.backbone = backbone
-        self.sem_seg_head = sem_seg_head
-        self.criterion = criterion
+        # Module names as in the published state dict: backbone, sem_seg_head, criterion.
+        self.backbone, self.sem_seg_head, self.criterion = backbone, sem_seg_head, criterion
         self.num_frames = num_frames
         self.metadata = metadata
-        if size_divisibility < 0:
-            size_divisibility = self.backbone.size_divisibility
-        self.size_divisibility = size_divisibility
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).float().view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).float().view(-1, 1, 1), False)
+        self.size_divisibility = backbone.size_divisibility if size_divisibility < 0 else size_divisibility
+        for name, values in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
+            self.register_buffer(name, torch.tensor(values, dtype=torch.float32).view(-1, 1, 1), persistent=False)
         self.test_topk_per_video = test_topk_per_video
 
     @classmethod
     def from_config(cls, cfg):
         backbone = build_backbone(cfg)
-        head_name = cfg.MODEL.SEM_SEG_HEAD.NAME
-        if head_name not in SEM_SEG_HEADS_REGISTRY:
-            raise KeyError(
-                f"MODEL.SEM_SEG_HEAD.NAME={head_name!r} is not registered; "
-                f"known: {sorted(k for k, _ in SEM_SEG_HEADS_REGISTRY)}"
-            )
-        return {
-            "backbone": backbone,
-            "sem_seg_head": SEM_SEG_HEADS_REGISTRY.get(head_name)(cfg, backbone.output_shape()),
-            "criterion": VideoSetCriterion(cfg),
-            "num_frames": cfg.INPUT.SAMPLING_FRAME_NUM,
-            "metadata": MetadataCatalog.get(cfg.DATASETS.TRAIN[0]),
-            "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "test_topk_per_video": cfg.TEST.VIDEO_DETECTIONS,
-        }
+        clip = {"num_frames": cfg.INPUT.SAMPLING_FRAME_NUM, "test_topk_per_video": cfg.TEST.VIDEO_DETECTIONS}
+        return dict(
+            clip,
+            backbone=backbone,
+            sem_seg_head=build_sem_seg_head(cfg, backbone.output_shape()),
+            criterion=VideoSetCriterion(cfg),
+            metadata=MetadataCatalog.get(cfg.DATASETS.TRAIN[0]),
+            size_divisibility=cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
+            pixel_mean=cfg.MODEL.PIXEL_MEAN,
+            pixel_std=cfg.MODEL.PIXEL_STD,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -117,8 +109,7 @@ class VideoMaskFormer(nn.Module):
         if not self.training and len(batched_inputs) != 1:
             raise ValueError(f"VideoMaskFormer infers one video per call, got {len(batched_inputs)}")
         images = self.preprocess_video(batched_inputs)
-        features = self.backbone(images.tensor)
-        outputs = self.sem_seg_head(features)
+        outputs = self.sem_seg_head(self.backbone(images.tensor))
 
         if self.training:
             if self.criterion is None:
@@ -142,13 +133,13 @@ class VideoMaskFormer(nn.Module):
         """Per-clip targets ``{"labels": [G], "ids": [G, T], "masks": float [G, T, H_pad, W_pad]}``,
         keeping the instances present (id != -1) in at least one frame; a tube is 0 on the frames
         where its instance is absent."""
-        h_pad, w_pad = images.tensor.shape[-2:]
+        padded_h, padded_w = images.tensor.shape[-2:]
         targets = []
         for video in batched_inputs:
             frames = [inst.to(self.device) for inst in video["instances"]]
             num_instances = len(frames[0])
             masks = torch.zeros(
-                (num_instances, len(frames), h_pad, w_pad), dtype=torch.bool, device=self.device
+                (num_instances, len(frames), padded_h, padded_w), dtype=torch.bool, device=self.device
             )
             for t, inst in enumerate(frames):
                 gt_masks = inst.gt_masks.tensor if hasattr(inst.gt_masks, "tensor") else inst.gt_masks

@@ -10,7 +10,7 @@ from ...utils.registry import SEM_SEG_HEADS_REGISTRY
 from ..pixel_decoder.build import build_pixel_decoder
 from ..transformer_decoder.build import build_transformer_decoder
 
-__all__ = ["MaskFormerHead"]
+__all__ = ["MaskFormerHead", "build_sem_seg_head"]
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
@@ -94,3 +94,17 @@ class MaskFormerHead(nn.Module):
         """
         mask_features, _, multi_scale_features = self.pixel_decoder.forward_features(features)
         return self.predictor(multi_scale_features, mask_features)
+
+
+def build_sem_seg_head(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
+    """The head named by ``MODEL.SEM_SEG_HEAD.NAME`` (``SEM_SEG_HEADS_REGISTRY``) for backbone
+    features of ``input_shape``.
+
+    Raises:
+        KeyError: the name is not registered (the message lists the registered ones).
+    """
+    name = cfg.MODEL.SEM_SEG_HEAD.NAME
+    if name not in SEM_SEG_HEADS_REGISTRY:
+        registered = sorted(k for k, _ in SEM_SEG_HEADS_REGISTRY)
+        raise KeyError(f"MODEL.SEM_SEG_HEAD.NAME={name!r} is not registered; known: {registered}")
+    return SEM_SEG_HEADS_REGISTRY.get(name)(cfg, input_shape)
