@@ -139,9 +139,10 @@ class Detectron2Trainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        optimizer = build_optimizer(cfg, model)
-        _add_gradient_clipping(cfg, model, optimizer)
-        return optimizer
+        """AdamW/SGD with Mask2Former's parameter groups, clipping as ``SOLVER.CLIP_GRADIENTS`` says."""
+        adamw_or_sgd = build_optimizer(cfg, model)
+        _add_gradient_clipping(cfg, model, adamw_or_sgd)
+        return adamw_or_sgd
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
@@ -164,8 +165,7 @@ class Detectron2Trainer(DefaultTrainer):
             NotImplementedError: no evaluator applies (``DefaultTrainer.test`` then skips the
                 dataset with a warning).
         """
-        if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
         kind = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
         test = cfg.MODEL.MASK_FORMER.TEST
         evaluators: List[DatasetEvaluator] = []
@@ -199,13 +199,11 @@ class Detectron2Trainer(DefaultTrainer):
     def test_with_TTA(cls, cfg, model) -> Dict[str, Dict[str, float]]:
         """Evaluate ``model`` with multi-scale (and flip) semantic test-time augmentation
         (``TEST.AUG.*``); result keys get the suffix ``_TTA``."""
-        logger.info("Running inference with test-time augmentation ...")
-        model = SemanticSegmentorWithTTA(cfg, model)
-        evaluators = [
-            cls.build_evaluator(cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA"))
-            for name in cfg.DATASETS.TEST
-        ]
-        results = cls.test(cfg, model, evaluators)
+        logger.info("Evaluating with test-time augmentation (TEST.AUG: scales %s, flip %s)",
+                    tuple(cfg.TEST.AUG.MIN_SIZES), cfg.TEST.AUG.FLIP)
+        tta_folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
+        evaluators = [cls.build_evaluator(cfg, name, output_folder=tta_folder) for name in cfg.DATASETS.TEST]
+        results = cls.test(cfg, SemanticSegmentorWithTTA(cfg, model), evaluators)
         return OrderedDict((f"{k}_TTA", v) for k, v in results.items())
 
 
@@ -240,9 +238,8 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Detectron2Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Detectron2Trainer.test(cfg, model)
         if cfg.TEST.AUG.ENABLED:
             results.update(Detectron2Trainer.test_with_TTA(cfg, model))
@@ -256,11 +253,5 @@ def main(args):
 
 def run(args):
     """Launch :func:`main` on ``args.num_gpus`` processes per machine with Detectron2's launcher."""
-    return launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    machines = {"num_machines": args.num_machines, "machine_rank": args.machine_rank, "dist_url": args.dist_url}
+    return launch(main, args.num_gpus, args=(args,), **machines)
