@@ -120,19 +120,22 @@ class YTVISeval(COCOeval):
         order = np.argsort([-d["score"] for d in dt], kind="mergesort")
         dt = [dt[i] for i in order][: p.maxDets[-1]]
         ious = np.zeros((len(dt), len(gt)))
-        for i, j in np.ndindex(ious.shape):
-            ious[i, j] = _tube_iou(dt[i]["segmentations"], gt[j]["segmentations"])
+        for row, col in np.ndindex(ious.shape):
+            ious[row, col] = _tube_iou(dt[row]["segmentations"], gt[col]["segmentations"])
         return ious
 
 
-def _tube_iou(d_seq: Sequence[Optional[dict]], g_seq: Sequence[Optional[dict]]) -> float:
+def _tube_iou(pred_rles: Sequence[Optional[dict]], gt_rles: Sequence[Optional[dict]]) -> float:
+    """Spatio-temporal IoU of two mask tubes given as per-frame RLEs (None: empty in that frame):
+    sum over frames of |intersection| / sum over frames of |union|; 0 when both are empty."""
     inter = union = 0.0
-    for d, g in zip(d_seq, g_seq):
-        if d is not None and g is not None:
-            inter += float(mask_util.area(mask_util.merge([d, g], intersect=True)))
-            union += float(mask_util.area(mask_util.merge([d, g], intersect=False)))
-        elif d is not None or g is not None:
-            union += float(mask_util.area(d if d is not None else g))
+    for pred, gt in zip(pred_rles, gt_rles):
+        present = [rle for rle in (pred, gt) if rle is not None]
+        if len(present) == 2:
+            inter += float(mask_util.area(mask_util.merge(present, intersect=True)))
+            union += float(mask_util.area(mask_util.merge(present, intersect=False)))
+        elif present:
+            union += float(mask_util.area(present[0]))
     return inter / union if union > 0 else 0.0
 
 

@@ -143,9 +143,8 @@ class YTVISDatasetMapper:
         self.augmentations = augmentations
         self.resize_by_clip, self.flip_by_clip = resize_by_clip, flip_by_clip
         self.image_format = image_format
-        self.sampling_frame_num = sampling_frame_num
-        self.sampling_frame_range = sampling_frame_range
-        self.sampling_frame_shuffle = sampling_frame_shuffle
+        # (frames per clip, half-width of the window they are drawn from, shuffle their order)
+        self.frame_sampling = (sampling_frame_num, sampling_frame_range, sampling_frame_shuffle)
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
@@ -164,12 +163,11 @@ class YTVISDatasetMapper:
         length = dataset_dict["length"]
         if self.is_train:
             rng = np.random.default_rng(np.random.randint(2**31))
-            indices = sample_frame_indices(length, self.sampling_frame_num, self.sampling_frame_range,
-                                           self.sampling_frame_shuffle, rng)
+            indices = sample_frame_indices(length, *self.frame_sampling, rng)
         else:
             indices = list(range(length))
         file_names = dataset_dict.pop("file_names")
-        video_annos = dataset_dict.pop("annotations", None)
+        per_frame_annotations = dataset_dict.pop("annotations", None)
         frames = []
         for i in indices:
             record = {"file_name": file_names[i], "height": dataset_dict["height"],
@@ -178,9 +176,9 @@ class YTVISDatasetMapper:
         images, transforms = _augment_clip(self.augmentations, frames, self.resize_by_clip, self.flip_by_clip)
         dataset_dict.update(file_names=[file_names[i] for i in indices], frame_indices=indices,
                             image=[image_to_tensor(im) for im in images])
-        if self.is_train and video_annos is not None:
+        if self.is_train and per_frame_annotations is not None:
             dataset_dict["instances"] = _clip_instances(
-                [video_annos[i] for i in indices], transforms, frames[0].shape[:2],
+                [per_frame_annotations[i] for i in indices], transforms, frames[0].shape[:2],
                 [im.shape[:2] for im in images],
             )
         return dataset_dict
