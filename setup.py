@@ -91,7 +91,8 @@ setup(
     ext_modules=EXT_MODULES,
     cmdclass=CMDCLASS,
     extras_require={
-        "dev": ["pytest>=7"],
+        "dev": ["pytest>=7", "onnx>=1.14", "onnxruntime>=1.16"],
+        "export": ["onnx>=1.14", "onnxruntime>=1.16"],
         "detectron2": [],
     },
 )

@@ -35,8 +35,18 @@ logger = logging.getLogger("mask2former.demo")
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Mask2Former demo: save prediction overlays")
+    model_source = parser.add_mutually_exclusive_group(required=True)
+    model_source.add_argument("--config-file", metavar="FILE", help="path to a config file")
+    model_source.add_argument(
+        "--exported",
+        metavar="DIR",
+        help="run an exported model (tools/export_model.py output: model.onnx or model.pt2 and "
+        "metadata.json) instead of --config-file",
+    )
     parser.add_argument(
-        "--config-file", required=True, metavar="FILE", help="path to a config file"
+        "--backend",
+        choices=["onnxruntime", "torch"],
+        help="runtime of --exported (default: onnxruntime for model.onnx, torch for model.pt2)",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
@@ -252,14 +262,18 @@ def main(argv: List[str] = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
     try:
-        cfg = setup_cfg(args)
         inputs = expand_inputs(args.input) if args.input else None
-        predictor = Predictor(cfg)
+        if args.exported:
+            from mask2former.export import ExportedPredictor
+
+            predictor = ExportedPredictor(args.exported, args.backend)
+        else:
+            predictor = Predictor(setup_cfg(args))
         if inputs is not None:
             run_on_images(predictor, inputs, args.output, args.confidence_threshold)
         else:
             run_on_video(predictor, args.video_input, args.output, args.confidence_threshold)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, ImportError) as e:
         print(f"demo.py: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -8,7 +8,11 @@ the runtime). Raw outputs must agree within the fixture tolerance (1e-4 absolute
 above 1), post-processed outputs exactly except at near-ties (top two within 1e-5).
 """
 import json
+import subprocess
+import sys
 from pathlib import Path
+
+import cv2
 
 import numpy as np
 import pytest
@@ -194,10 +198,20 @@ def test_exported_predictor_matches_predictor(reference_dir, datasets_root, tmp_
     export_model(cfg, predictor.model, "onnx", tmp_path)
     exported = ExportedPredictor(tmp_path)
     assert exported.metadata.stuff_classes == predictor.metadata.stuff_classes
-    image = read_image(_image_path(datasets_root, "ade20k", "ADE_val_00000002"), format="BGR")
+    image_path = _image_path(datasets_root, "ade20k", "ADE_val_00000002")
+    image = read_image(image_path, format="BGR")
     expected, got = predictor(image), exported(image)
     assert got["sem_seg"].shape == expected["sem_seg"].shape == (150, *image.shape[:2])
     _assert_close("ExportedPredictor sem_seg", got["sem_seg"], expected["sem_seg"])
+
+    # demo/demo.py runs the exported directory alone
+    out_path = tmp_path / "overlay.png"
+    command = [sys.executable, str(REPO / "demo" / "demo.py"), "--exported", str(tmp_path),
+               "--input", str(image_path), "--output", str(out_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    overlay = cv2.imread(str(out_path))
+    assert overlay.shape == image.shape and not np.array_equal(overlay, image)
 
 
 def test_exported_program_matches_pytorch(reference_dir, tmp_path):
@@ -220,7 +234,6 @@ def test_exported_program_matches_pytorch(reference_dir, tmp_path):
 def test_full_size_r50_panoptic_runs_in_onnxruntime(datasets_root, tmp_path):
     """The published R50 COCO panoptic architecture (random weights) exports and runs on a real
     image at 800 x 1200."""
-    import cv2
     from mask2former.data.image_io import read_image
 
     cfg = get_cfg()

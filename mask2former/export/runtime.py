@@ -37,7 +37,8 @@ class ExportedMaskFormer:
         intra_op_num_threads: ONNX Runtime threads per op (0 = its default, all cores).
 
     Attributes:
-        metadata: the export's metadata dict; size_divisibility: int.
+        metadata: the export's metadata dict; size_divisibility: int; last_outputs: the raw
+            ``pred_logits`` / ``pred_masks`` of the latest call (empty before the first).
 
     Raises:
         FileNotFoundError: ``metadata.json`` or the model file is missing.
@@ -82,6 +83,7 @@ class ExportedMaskFormer:
         self.size_divisibility = int(self.metadata["input"]["size_divisibility"])
         self.pixel_mean = torch.tensor(self.metadata["pixel_mean"], dtype=torch.float32).view(-1, 1, 1)
         self._postprocessing = dict(self.metadata["postprocessing"])
+        self.last_outputs: Dict[str, torch.Tensor] = {}
 
     @property
     def device(self) -> torch.device:
@@ -129,6 +131,7 @@ class ExportedMaskFormer:
         """
         batch = self.pad([x["image"].to("cpu", torch.float32) for x in batched_inputs])
         logits, masks = self.run(batch.tensor)
+        self.last_outputs = {"pred_logits": logits, "pred_masks": masks}
         masks = F.interpolate(masks, size=batch.tensor.shape[-2:], mode="bilinear", align_corners=False)
         results = []
         for mask_cls, mask_pred, image_size, x in zip(logits, masks, batch.image_sizes, batched_inputs):
