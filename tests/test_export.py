@@ -261,6 +261,10 @@ def test_unexportable_configs_name_the_option(reference_dir, monkeypatch, tmp_pa
     video.MODEL.META_ARCHITECTURE = "VideoMaskFormer"
     with pytest.raises(ExportError, match="MODEL.META_ARCHITECTURE"):
         check_exportable(video)
+    swin = _fixture_cfg(reference_dir / "thin_swin_coco_instance")
+    check_exportable(swin, "onnx")
+    with pytest.raises(ExportError, match="MODEL.BACKBONE.NAME='D2SwinTransformer'.*--format onnx"):
+        check_exportable(swin, "exported-program")
     monkeypatch.setenv("MASK2FORMER_MSDA_IMPL", "compiled")
     with pytest.raises(ExportError, match="MASK2FORMER_MSDA_IMPL='compiled'.*no ONNX equivalent"):
         check_exportable(cfg)
@@ -276,3 +280,31 @@ def test_runtime_errors(tmp_path):
     (tmp_path / "metadata.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         read_metadata(tmp_path)
+
+
+def test_benchmark_compares_backends(reference_dir, datasets_root, tmp_path):
+    from mask2former.utils.benchmark import parse_setting
+
+    assert parse_setting("backend=onnxruntime,threads=1", "B").backend == "onnxruntime"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        parse_setting("backend=tensorrt", "B")
+
+    root = reference_dir / "thin_r50_coco_panoptic"
+    output = tmp_path / "results.json"
+    command = [
+        sys.executable, str(REPO / "tools" / "benchmark.py"), "--device", "cpu", "--output", str(output),
+        "--config-file", str(root / "config.yaml"), "--task", "inference",
+        "--images", str(datasets_root / "coco" / "val2017" / "000000039769.jpg"),
+        "--num-images", "1", "--warmup", "0", "--compare", "backend=torch", "backend=onnxruntime",
+        "MODEL.WEIGHTS", str(root / "model.pkl"), "INPUT.MIN_SIZE_TEST", "256", "INPUT.MAX_SIZE_TEST", "384",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(output.read_text())
+    rows = {r["setting"]: r["metrics"] for r in report["results"]}
+    assert rows["A"]["backend"] == "torch" and rows["B"]["backend"] == "onnxruntime"
+    assert rows["B"]["seconds_per_image"] > 0
+    (compared,) = report["comparisons"]
+    assert compared["ratios_B_over_A"]["fps"] > 0
+    difference = compared["output_difference"]
+    assert difference["pred_logits_max_abs_diff"] < 1e-3 and difference["panoptic_agreement"] > 0.999

@@ -118,7 +118,7 @@ def export_model(
         raise ExportError(f"--format must be one of {sorted(FORMATS)}, got {model_format!r}")
     if model_format == "onnx" and opset < MIN_OPSET:
         raise ExportError(f"ONNX opset {opset} has no GridSample (deformable attention); use >= {MIN_OPSET}")
-    check_exportable(cfg)
+    check_exportable(cfg, model_format)
     model = model.eval()
     wrapper = MaskFormerExportWrapper(model).eval()
     if example is None:

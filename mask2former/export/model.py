@@ -23,7 +23,7 @@ class ExportError(ValueError):
     """A model or config that cannot be exported; the message names the option responsible."""
 
 
-def check_exportable(cfg) -> None:
+def check_exportable(cfg, model_format: str = "onnx") -> None:
     """Raise :class:`ExportError` naming the config option (or environment variable) that keeps
     the model of ``cfg`` from exporting to a self-contained graph.
 
@@ -31,7 +31,9 @@ def check_exportable(cfg) -> None:
     ``TEST.AUG.ENABLED`` must be off (test-time augmentation merges several runs outside the
     network); ``INPUT.FORMAT`` must be RGB or BGR; ``$MASK2FORMER_MSDA_IMPL`` must be unset,
     ``auto`` or ``pytorch`` (the compiled deformable-attention op has no ONNX equivalent; the
-    export always uses the ``grid_sample`` formulation).
+    export always uses the ``grid_sample`` formulation). For ``model_format="exported-program"``,
+    ``MODEL.BACKBONE.NAME`` must not be the Swin backbone: ``torch.export``'s symbolic sizes
+    through its window padding grow without bound (it did not finish in minutes); ONNX works.
     """
     if cfg.MODEL.META_ARCHITECTURE != "MaskFormer":
         raise ExportError(
@@ -45,6 +47,11 @@ def check_exportable(cfg) -> None:
         )
     if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
         raise ExportError(f"INPUT.FORMAT must be 'RGB' or 'BGR' to export, got {cfg.INPUT.FORMAT!r}")
+    if model_format == "exported-program" and cfg.MODEL.BACKBONE.NAME == "D2SwinTransformer":
+        raise ExportError(
+            "MODEL.BACKBONE.NAME='D2SwinTransformer' cannot be exported with torch.export (its "
+            "symbolic window-padding sizes do not simplify); use --format onnx"
+        )
     impl = os.environ.get(IMPL_ENV_VAR, "auto")
     if impl not in _EXPORTABLE_MSDA_IMPLS:
         raise ExportError(
