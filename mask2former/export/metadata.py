@@ -10,7 +10,14 @@ from typing import Any, Dict
 from ..data.catalog import Metadata, MetadataCatalog
 from ..modeling.meta_arch import MaskFormer
 
-__all__ = ["METADATA_FILE", "METADATA_VERSION", "build_export_metadata", "dataset_metadata", "read_metadata", "write_metadata"]
+__all__ = [
+    "METADATA_FILE",
+    "METADATA_VERSION",
+    "build_export_metadata",
+    "dataset_metadata",
+    "read_metadata",
+    "write_metadata",
+]
 
 METADATA_FILE = "metadata.json"
 METADATA_VERSION = 1

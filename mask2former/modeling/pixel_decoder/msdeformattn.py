@@ -176,7 +176,9 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
         shapes = [tuple(src.shape[-2:]) for src in srcs]
         spatial_shapes = _sizes_to_tensor(shapes, src_flatten.device)
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
-        return self.encoder(src_flatten, spatial_shapes, level_start_index, pos_flatten, spatial_shapes_list=shapes)
+        return self.encoder(
+            src_flatten, spatial_shapes, level_start_index, pos_flatten, spatial_shapes_list=shapes
+        )
 
 
 @PIXEL_DECODER_REGISTRY.register()
