@@ -92,7 +92,9 @@ setup(
     cmdclass=CMDCLASS,
     extras_require={
         "dev": ["pytest>=7", "transformers>=4.38", "safetensors>=0.4", "huggingface_hub>=0.20",
-                "cityscapesscripts"],
+                "cityscapesscripts", "onnx>=1.14", "onnxruntime>=1.16"],
+        # ONNX export and the ONNX Runtime backend (tools/export_model.py, demo.py --exported).
+        "export": ["onnx>=1.14", "onnxruntime>=1.16"],
         "detectron2": [],
         # Hugging Face checkpoints: save_pretrained directories and hf://ORG/NAME in MODEL.WEIGHTS.
         "hf": ["safetensors>=0.4", "huggingface_hub>=0.20"],

@@ -41,8 +41,18 @@ logger = logging.getLogger("mask2former.demo")
 
 def get_parser() -> argparse.ArgumentParser:
     parser = DatasetArgumentParser(description="Mask2Former demo: save prediction overlays")
+    model_source = parser.add_mutually_exclusive_group(required=True)
+    model_source.add_argument("--config-file", metavar="FILE", help="path to a config file")
+    model_source.add_argument(
+        "--exported",
+        metavar="DIR",
+        help="run an exported model (tools/export_model.py output: model.onnx or model.pt2 and "
+        "metadata.json) instead of --config-file",
+    )
     parser.add_argument(
-        "--config-file", required=True, metavar="FILE", help="path to a config file"
+        "--backend",
+        choices=["onnxruntime", "torch"],
+        help="runtime of --exported (default: onnxruntime for model.onnx, torch for model.pt2)",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
@@ -278,18 +288,23 @@ def main(argv: List[str] = None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
     try:
-        cfg = setup_cfg(args)
         inputs = expand_inputs(args.input) if args.input else None
-        video_model = cfg.MODEL.META_ARCHITECTURE == "VideoMaskFormer"
-        if video_model and inputs is not None:
-            raise ValueError("a video model (VideoMaskFormer) needs --video-input")
-        predictor = VideoPredictor(cfg) if video_model else Predictor(cfg)
+        if args.exported:
+            from mask2former.export import ExportedPredictor
+
+            predictor, video_model = ExportedPredictor(args.exported, args.backend), False
+        else:
+            cfg = setup_cfg(args)
+            video_model = cfg.MODEL.META_ARCHITECTURE == "VideoMaskFormer"
+            if video_model and inputs is not None:
+                raise ValueError("a video model (VideoMaskFormer) needs --video-input")
+            predictor = VideoPredictor(cfg) if video_model else Predictor(cfg)
         if inputs is not None:
             run_on_images(predictor, inputs, args.output, args.confidence_threshold)
         else:
             overlays = video_model_overlays if video_model else image_model_overlays
             run_on_video(predictor, args.video_input, args.output, args.confidence_threshold, overlays)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, ImportError) as e:
         print(f"demo.py: error: {e}", file=sys.stderr)
         return 1
     return 0

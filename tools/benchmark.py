@@ -23,8 +23,10 @@ Tasks (``--task``, one or more):
              or 256/8/4), forward and forward+backward, for each implementation in ``--impls``.
 
 ``--compare A B`` runs two settings in one process and prints B/A ratios. A setting is a spec of
-comma-separated ``key=value`` items (``impl=``, ``dtype=``, ``device=``, ``threads=`` or upper-case
-config keys) or ``default``. Inference and training alternate between the settings image by image
+comma-separated ``key=value`` items (``impl=``, ``dtype=``, ``device=``, ``threads=``, ``backend=``
+or upper-case config keys) or ``default``. ``backend=onnxruntime`` (inference only, fp32 on the CPU)
+exports the setting's model to ONNX in a temporary directory and times ``ExportedPredictor`` on it
+(same resize and post-processing; the seconds inside MSDeformAttn are not measured there). Inference and training alternate between the settings image by image
 and step by step, so that a varying machine load affects both alike; inference also reports how far
 the outputs differ (raw head outputs, semantic and panoptic maps). The tool imports
 ``mask2former.layers.ms_deform_attn_compiled``, so ``impl=auto`` picks the compiled op when
@@ -46,6 +48,8 @@ Examples:
       --num-images 100 -- MODEL.WEIGHTS model_final.pkl
   python tools/benchmark.py --config-file configs/coco/panoptic/R50.yaml --task inference \\
       --device cpu --num-images 3 --compare impl=pytorch impl=auto MODEL.WEIGHTS ""
+  python tools/benchmark.py --config-file configs/coco/panoptic/R50.yaml --task inference \
+      --device cpu --num-images 3 --compare backend=torch backend=onnxruntime MODEL.WEIGHTS ""
   python tools/benchmark.py --task op --component msdeformattn --device cpu --output op.json
 
 Config overrides (``KEY VALUE``) come last; after an option taking several values (``--task``,
@@ -58,6 +62,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -74,6 +79,7 @@ from mask2former.data.dataset_mappers.common import make_instances
 from mask2former.data.image_io import read_image
 from mask2former.data.transforms import ResizeShortestEdge
 from mask2former.engine.trainer import Trainer
+from mask2former.export import ExportedPredictor, export_model
 from mask2former.layers import MSDeformAttn, ms_deform_attn, ms_deform_attn_compiled  # noqa: F401 (registers "compiled")
 from mask2former.utils.atomic_io import atomic_write
 from mask2former.utils.benchmark import (
@@ -397,6 +403,21 @@ def aggregate_differences(per_image: Sequence[Dict[str, float]]) -> Dict[str, fl
     return merged
 
 
+def is_torch(setting: Setting) -> bool:
+    return setting.backend in (None, "torch")
+
+
+def onnxruntime_predictor(args, setting: Setting, cfg, predictor: Predictor) -> ExportedPredictor:
+    """``predictor``'s model exported to ONNX (temporary directory) and loaded in ONNX Runtime with
+    the setting's thread count (default: ONNX Runtime's, all cores)."""
+    device, dtype = setting_device(args, setting), setting_dtype(args, setting)
+    if device.type != "cpu" or dtype != "fp32":
+        raise ValueError(f"Setting {setting.spec!r}: backend=onnxruntime runs fp32 on the cpu, not {dtype} on {device}")
+    with tempfile.TemporaryDirectory(prefix="benchmark_onnx_") as export_dir:
+        export_model(cfg, predictor.model, "onnx", export_dir)
+        return ExportedPredictor(export_dir, intra_op_num_threads=setting.threads or 0)
+
+
 def run_inference(args, settings: Sequence[Setting], images) -> Tuple[List[Dict], Dict[str, Any]]:
     """Predictor frames/s and peak memory, settings alternating image by image; with two settings
     also the worst output difference over the images. Settings with the same config share a model."""
@@ -409,6 +430,8 @@ def run_inference(args, settings: Sequence[Setting], images) -> Tuple[List[Dict]
             torch.manual_seed(args.seed)
             predictors[key] = Predictor(cfg)
         chosen[setting.label] = predictors[key]
+        if setting.backend == "onnxruntime":
+            chosen[setting.label] = onnxruntime_predictor(args, setting, cfg, predictors[key])
     for setting in settings:
         device, dtype = setting_device(args, setting), setting_dtype(args, setting)
         with activate(setting), autocast(device, dtype):
@@ -424,16 +447,18 @@ def run_inference(args, settings: Sequence[Setting], images) -> Tuple[List[Dict]
         for setting in settings:
             device, dtype = setting_device(args, setting), setting_dtype(args, setting)
             predictor = chosen[setting.label]
-            hook = HeadOutputs(predictor.model) if compare else None
-            timer = ModuleTimer(predictor.model, MSDeformAttn, device)
+            hook = HeadOutputs(predictor.model) if compare and is_torch(setting) else None
+            timer = ModuleTimer(predictor.model if is_torch(setting) else torch.nn.Module(), MSDeformAttn, device)
             with activate(setting), autocast(device, dtype), PeakMemory(device) as memory, timer:
                 seconds, output = time_call(lambda: predictor(image), device)
             times[setting.label].append(seconds)
             msda_times[setting.label].append(timer.seconds)
             memories[setting.label].append(memory)
-            if hook is not None:
-                hook.remove()
-                outputs[setting.label] = (hook.outputs, output)
+            if compare:
+                raw = predictor.model.last_outputs if hook is None else hook.outputs
+                if hook is not None:
+                    hook.remove()
+                outputs[setting.label] = (raw, output)
             logger.info("[%s] inference %s: %.3f s", setting.label, os.path.basename(path), seconds)
         if compare:
             differences.append(output_difference(*(outputs[s.label] for s in settings)))
@@ -445,10 +470,13 @@ def run_inference(args, settings: Sequence[Setting], images) -> Tuple[List[Dict]
             setting, "inference",
             fps=1.0 / stats["mean"], seconds_per_image=stats["mean"],
             seconds_per_image_std=stats["std"], seconds_per_image_median=stats["median"],
-            msdeformattn_seconds_per_image=msda_seconds,
-            max_speedup_from_msdeformattn=stats["mean"] / max(stats["mean"] - msda_seconds, 1e-9),
+            msdeformattn_seconds_per_image=msda_seconds if is_torch(setting) else None,
+            max_speedup_from_msdeformattn=(
+                stats["mean"] / max(stats["mean"] - msda_seconds, 1e-9) if is_torch(setting) else None
+            ),
             num_images=len(images), warmup=args.warmup, dtype=setting_dtype(args, setting),
-            msdeformattn_impl=model_impl(args, setting),
+            backend=setting.backend or "torch",
+            msdeformattn_impl=model_impl(args, setting) if is_torch(setting) else "pytorch (ONNX graph)",
             **memory_metrics(memories[setting.label]),
         ))
     return rows, {"inference": aggregate_differences(differences)} if compare else {}
@@ -699,7 +727,7 @@ def print_report(env: Dict, settings: Sequence[Setting], rows: List[Dict], compa
         task_rows = [r for r in rows if r["task"] == task]
         if not task_rows:
             continue
-        columns = ["msdeformattn_impl", "impl", "dtype", *KEY_METRICS[task], "skipped"]
+        columns = ["backend", "msdeformattn_impl", "impl", "dtype", *KEY_METRICS[task], "skipped"]
         columns = [c for c in columns if any(c in r["metrics"] for r in task_rows)]
         table = [[r["setting"], r["variant"], *(_fmt(r["metrics"].get(c, "")) for c in columns)]
                  for r in task_rows]
@@ -726,6 +754,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         torch.set_num_threads(args.threads)
     specs = args.compare or ["default"]
     settings = [parse_setting(spec, label) for spec, label in zip(specs, "AB")]
+    other_tasks = sorted(set(args.task) - {"inference"})
+    if other_tasks and any(not is_torch(s) for s in settings):
+        raise ValueError(f"backend=onnxruntime is only for --task inference, not {other_tasks}")
     env = environment_info(torch.device(args.device))
     images = []
     if {"flops", "inference"} & set(args.task):

@@ -5,7 +5,7 @@ around its reference point, with attention weights predicted from the query (sof
 and points together) instead of query-key dot products.
 """
 import math
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -72,6 +72,7 @@ class MSDeformAttn(nn.Module):
         input_spatial_shapes: torch.Tensor,
         input_level_start_index: torch.Tensor,
         input_padding_mask: Optional[torch.Tensor] = None,
+        spatial_shapes_list: Optional[Sequence[Tuple[int, int]]] = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -83,6 +84,8 @@ class MSDeformAttn(nn.Module):
             input_level_start_index: int64 [L], start of each level in S.
             input_padding_mask: optional bool [N, S], True at padding positions (their values
                 are zeroed).
+            spatial_shapes_list: optional, ``input_spatial_shapes`` as (H_l, W_l) pairs (see
+                :func:`ms_deform_attn`), for traced or exported graphs that stay shape-generic.
 
         Returns:
             [N, Lq, d_model].
@@ -115,6 +118,11 @@ class MSDeformAttn(nn.Module):
             + sampling_offsets / offset_normalizer[None, None, None, :, None, :]
         )
         output = ms_deform_attn(
-            value, input_spatial_shapes, input_level_start_index, sampling_locations, attention_weights
+            value,
+            input_spatial_shapes,
+            input_level_start_index,
+            sampling_locations,
+            attention_weights,
+            spatial_shapes_list=spatial_shapes_list,
         )
         return self.output_proj(output)

@@ -12,7 +12,7 @@ outside the map read zeros.
 compiled one added with :func:`register_ms_deform_attn_impl`.
 """
 import os
-from typing import Callable, Dict, FrozenSet, Iterable, Optional, Tuple
+from typing import Callable, Dict, FrozenSet, Iterable, Optional, Sequence, Tuple
 
 import torch
 from torch.nn import functional as F
@@ -30,13 +30,18 @@ def ms_deform_attn_pytorch(
     level_start_index: torch.Tensor,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
+    *,
+    spatial_shapes_list: Optional[Sequence[Tuple[int, int]]] = None,
 ) -> torch.Tensor:
     """Reference implementation: one bilinear ``F.grid_sample`` per level (zero padding,
     ``align_corners=False``), then the attention-weighted sum over levels and points.
 
-    Arguments are those of :func:`ms_deform_attn`, whose shape checks it assumes; it checks only
-    that the level sizes add up to ``S`` and agree with ``level_start_index``. Differentiable with
-    respect to ``value``, ``sampling_locations`` and ``attention_weights``.
+    Arguments are those of :func:`ms_deform_attn`, whose shape checks it assumes. Without
+    ``spatial_shapes_list`` it reads the level sizes from ``spatial_shapes`` and checks that they
+    add up to ``S`` and agree with ``level_start_index``; with it (the same (H_l, W_l) as Python or
+    symbolic sizes, as when the graph is traced or exported) no tensor is read back and the caller
+    vouches for the consistency. Differentiable with respect to ``value``, ``sampling_locations``
+    and ``attention_weights``.
 
     Raises:
         ValueError: if a level is empty, ``sum(H_l * W_l) != S``, or ``level_start_index`` is not
@@ -44,16 +49,12 @@ def ms_deform_attn_pytorch(
     """
     n, s, heads, channels = value.shape
     _, num_queries, _, levels, points, _ = sampling_locations.shape
-    shapes = [tuple(hw) for hw in spatial_shapes.tolist()]
+    if spatial_shapes_list is None:
+        shapes = [tuple(hw) for hw in spatial_shapes.tolist()]
+        _check_level_sizes(shapes, s, level_start_index)
+    else:
+        shapes = [tuple(hw) for hw in spatial_shapes_list]
     sizes = [h * w for h, w in shapes]
-    if any(h < 1 or w < 1 for h, w in shapes):
-        raise ValueError(f"spatial_shapes must be positive (H, W) pairs, got {shapes}")
-    if sum(sizes) != s:
-        raise ValueError(f"value has S={s} positions but spatial_shapes {shapes} sum to {sum(sizes)}")
-    starts = [sum(sizes[:i]) for i in range(levels)]
-    given_starts = level_start_index.tolist()
-    if given_starts != starts:
-        raise ValueError(f"level_start_index must be {starts} for spatial_shapes {shapes}: {given_starts}")
 
     # grid_sample's grid is in [-1, 1]
     sampling_grids = 2 * sampling_locations - 1
@@ -72,6 +73,18 @@ def ms_deform_attn_pytorch(
     # [N*heads, C, Lq, L, P] -> [N*heads, C, Lq, L*P] -> [N, heads*C, Lq]
     output = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)
     return output.view(n, heads * channels, num_queries).transpose(1, 2).contiguous()
+
+
+def _check_level_sizes(shapes, s: int, level_start_index: torch.Tensor) -> None:
+    sizes = [h * w for h, w in shapes]
+    if any(h < 1 or w < 1 for h, w in shapes):
+        raise ValueError(f"spatial_shapes must be positive (H, W) pairs, got {shapes}")
+    if sum(sizes) != s:
+        raise ValueError(f"value has S={s} positions but spatial_shapes {shapes} sum to {sum(sizes)}")
+    starts = [sum(sizes[:i]) for i in range(len(shapes))]
+    given_starts = level_start_index.tolist()
+    if given_starts != starts:
+        raise ValueError(f"level_start_index must be {starts} for spatial_shapes {shapes}: {given_starts}")
 
 
 # name -> (implementation, device types it runs on; None means any)
@@ -164,6 +177,8 @@ def ms_deform_attn(
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
     impl: Optional[str] = None,
+    *,
+    spatial_shapes_list: Optional[Sequence[Tuple[int, int]]] = None,
 ) -> torch.Tensor:
     """Multi-scale deformable attention sampling (Deformable DETR, Eq. 3 without the projections).
 
@@ -178,6 +193,9 @@ def ms_deform_attn(
         impl: ``"auto"`` (best registered implementation for ``value.device``, else
             ``"pytorch"``), ``"pytorch"`` or a name given to :func:`register_ms_deform_attn_impl`.
             None reads the environment variable ``MASK2FORMER_MSDA_IMPL`` (default ``"auto"``).
+        spatial_shapes_list: optional, ``spatial_shapes`` as L (H_l, W_l) pairs of Python ints or
+            of the symbolic sizes seen by ``torch.jit.trace`` / ``torch.export``; the ``"pytorch"``
+            implementation then reads no tensor value, so its graph stays shape-generic.
 
     Returns:
         [N, Lq, heads * C], heads concatenated, same dtype as ``value``.
@@ -189,5 +207,8 @@ def ms_deform_attn(
     if impl is None:
         impl = os.environ.get(IMPL_ENV_VAR, "auto")
     fn = _select_impl(impl, value.device.type)
-    return fn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    args = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    if fn is ms_deform_attn_pytorch:
+        return fn(*args, spatial_shapes_list=spatial_shapes_list)
+    return fn(*args)
 

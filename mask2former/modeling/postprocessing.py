@@ -13,6 +13,7 @@ from ..structures import Boxes, Instances, masks_to_boxes
 
 __all__ = [
     "instance_inference",
+    "mask_classification_inference",
     "panoptic_inference",
     "sem_seg_postprocess",
     "semantic_inference",
@@ -186,4 +187,71 @@ def instance_inference(
         result.pred_boxes = Boxes(torch.zeros(pred_masks.shape[0], 4, device=mask_pred.device))
     result.scores = scores_per_image * query_scores[per_query]
     result.pred_classes = labels_per_image
+    return result
+
+
+def mask_classification_inference(
+    mask_cls: torch.Tensor,
+    mask_pred: torch.Tensor,
+    image_size: Tuple[int, int],
+    height: int,
+    width: int,
+    *,
+    semantic_on: bool,
+    panoptic_on: bool,
+    instance_on: bool,
+    sem_seg_postprocess_before_inference: bool,
+    object_mask_threshold: float,
+    overlap_threshold: float,
+    thing_classes: Optional[Collection[int]],
+    test_topk_per_image: int,
+) -> Dict:
+    """All enabled outputs of one image, as :meth:`MaskFormer.forward` returns them.
+
+    Args:
+        mask_cls: [Q, K+1] class logits.
+        mask_pred: [Q, H_pad, W_pad] mask logits at the padded input resolution.
+        image_size: (h, w) of the unpadded input; the padding is cropped off.
+        height, width: output resolution.
+        semantic_on, panoptic_on, instance_on: which outputs to produce.
+        sem_seg_postprocess_before_inference: resize the mask logits to (height, width) before
+            inference (needed by panoptic and instance outputs) instead of resizing the semantic
+            result after it.
+        object_mask_threshold, overlap_threshold: see :func:`panoptic_inference`.
+        thing_classes: contiguous thing ids; read when ``panoptic_on`` (panoptic segments, and the
+            instances of a panoptic model are restricted to them).
+        test_topk_per_image: see :func:`instance_inference`.
+
+    Returns:
+        dict with, as enabled, ``sem_seg`` [K, height, width], ``panoptic_seg`` and ``instances``.
+    """
+    result = {}
+    mask_prob = None
+    if sem_seg_postprocess_before_inference:
+        mask_pred = sem_seg_postprocess(mask_pred, image_size, height, width)
+        mask_cls = mask_cls.to(mask_pred)
+        if semantic_on:  # all queries' probabilities, then shared by the three tasks
+            mask_prob = mask_pred.sigmoid()
+    if semantic_on:
+        r = semantic_inference(mask_cls, mask_pred, mask_prob=mask_prob)
+        if not sem_seg_postprocess_before_inference:
+            r = sem_seg_postprocess(r, image_size, height, width)
+        result["sem_seg"] = r
+    if panoptic_on:
+        result["panoptic_seg"] = panoptic_inference(
+            mask_cls,
+            mask_pred,
+            object_mask_threshold=object_mask_threshold,
+            overlap_threshold=overlap_threshold,
+            thing_classes=thing_classes,
+            mask_prob=mask_prob,
+        )
+    if instance_on:
+        result["instances"] = instance_inference(
+            mask_cls,
+            mask_pred,
+            test_topk_per_image=test_topk_per_image,
+            thing_classes=thing_classes if panoptic_on else None,
+            mask_prob=mask_prob,
+        )
     return result

@@ -26,6 +26,7 @@ from torch import nn
 from ..layers.ms_deform_attn_op import IMPL_ENV_VAR, ms_deform_attn
 
 __all__ = [
+    "BACKENDS",
     "DTYPES",
     "IGNORED_FLOP_OPS",
     "ModuleTimer",
@@ -47,7 +48,9 @@ __all__ = [
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-_SETTING_KEYS = ("impl", "dtype", "device", "threads")
+_SETTING_KEYS = ("impl", "dtype", "device", "threads", "backend")
+# inference backends: the PyTorch model, or its ONNX export run by ONNX Runtime (fp32, CPU)
+BACKENDS = ("torch", "onnxruntime")
 
 # Elementwise / reduction ops that Detectron2's ``FlopCountAnalysis`` (used for the paper's
 # numbers) does not count, on top of those fvcore already ignores.
@@ -72,6 +75,8 @@ class Setting:
         dtype: "fp32", "fp16" or "bf16", or None for the command-line ``--dtype``.
         device: "cpu", "cuda" or "cuda:N", or None for the command-line ``--device``.
         threads: ``torch.set_num_threads`` value, or None to keep the current one.
+        backend: inference backend, "torch" or "onnxruntime" (the model exported to ONNX and run
+            by ONNX Runtime's CPU provider), or None for "torch".
         overrides: config overrides as a flat ``[KEY, VALUE, ...]`` list (``merge_from_list``).
     """
 
@@ -81,12 +86,14 @@ class Setting:
     dtype: Optional[str] = None
     device: Optional[str] = None
     threads: Optional[int] = None
+    backend: Optional[str] = None
     overrides: Tuple[str, ...] = field(default_factory=tuple)
 
     def as_dict(self) -> Dict[str, Any]:
         return {
             "label": self.label, "spec": self.spec, "impl": self.impl, "dtype": self.dtype,
-            "device": self.device, "threads": self.threads, "overrides": list(self.overrides),
+            "device": self.device, "threads": self.threads, "backend": self.backend,
+            "overrides": list(self.overrides),
         }
 
 
@@ -115,7 +122,7 @@ def parse_setting(spec: str, label: str) -> Setting:
     """Parse a setting spec: comma-separated ``key=value`` items, or ``default`` for none.
 
     Keys: ``impl`` (deformable attention implementation), ``dtype`` (fp32 / fp16 / bf16),
-    ``device``, ``threads``, or an upper-case config key such as
+    ``device``, ``threads``, ``backend`` (torch / onnxruntime), or an upper-case config key such as
     ``MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME=BasePixelDecoder`` (value parsed like a command-line
     override; commas inside brackets belong to the value: ``INPUT.CROP.SIZE=(512,512)``).
 
@@ -143,6 +150,8 @@ def parse_setting(spec: str, label: str) -> Setting:
             )
     if "dtype" in values and values["dtype"] not in DTYPES:
         raise ValueError(f"Setting {spec!r}: dtype must be one of {list(DTYPES)}, got {values['dtype']!r}")
+    if "backend" in values and values["backend"] not in BACKENDS:
+        raise ValueError(f"Setting {spec!r}: backend must be one of {list(BACKENDS)}, got {values['backend']!r}")
     if "threads" in values:
         if not values["threads"].isdigit() or int(values["threads"]) < 1:
             raise ValueError(

@@ -269,7 +269,8 @@ class SwinStage(nn.Module):
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """[B, H*W, C] -> (output [B, H*W, C], merged [B, ceil(H/2)*ceil(W/2), 2C] or None)."""
         ws = self.window_size
-        Hp, Wp = -(-H // ws) * ws, -(-W // ws) * ws
+        # ceil division without negative operands (ONNX's integer Div truncates instead of flooring)
+        Hp, Wp = (H + ws - 1) // ws * ws, (W + ws - 1) // ws * ws
         attn_mask = shifted_window_mask(Hp, Wp, ws, self.shift_size, device=x.device)
         for blk in self.blocks:
             if self.use_checkpoint and x.requires_grad:

@@ -12,7 +12,7 @@ from ...structures import ImageList
 from ...utils.registry import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
 from ..backbone.build import build_backbone
 from ..criterion import SetCriterion
-from ..postprocessing import instance_inference, panoptic_inference, sem_seg_postprocess, semantic_inference
+from ..postprocessing import mask_classification_inference
 
 __all__ = ["MaskFormer"]
 
@@ -187,36 +187,21 @@ class MaskFormer(nn.Module):
         """Outputs of one image from its class logits [Q, K+1] and mask logits [Q, H_pad, W_pad]."""
         height = batched_input.get("height", image_size[0])
         width = batched_input.get("width", image_size[1])
-        result = {}
-        mask_prob = None
-        if self.sem_seg_postprocess_before_inference:
-            mask_pred = sem_seg_postprocess(mask_pred, image_size, height, width)
-            mask_cls = mask_cls.to(mask_pred)
-            if self.semantic_on:  # all queries' probabilities, then shared by the three tasks
-                mask_prob = mask_pred.sigmoid()
-        if self.semantic_on:
-            r = semantic_inference(mask_cls, mask_pred, mask_prob=mask_prob)
-            if not self.sem_seg_postprocess_before_inference:
-                r = sem_seg_postprocess(r, image_size, height, width)
-            result["sem_seg"] = r
-        if self.panoptic_on:
-            result["panoptic_seg"] = panoptic_inference(
-                mask_cls,
-                mask_pred,
-                object_mask_threshold=self.object_mask_threshold,
-                overlap_threshold=self.overlap_threshold,
-                thing_classes=self.thing_classes,
-                mask_prob=mask_prob,
-            )
-        if self.instance_on:
-            result["instances"] = instance_inference(
-                mask_cls,
-                mask_pred,
-                test_topk_per_image=self.test_topk_per_image,
-                thing_classes=self.thing_classes if self.panoptic_on else None,
-                mask_prob=mask_prob,
-            )
-        return result
+        return mask_classification_inference(
+            mask_cls,
+            mask_pred,
+            image_size,
+            height,
+            width,
+            semantic_on=self.semantic_on,
+            panoptic_on=self.panoptic_on,
+            instance_on=self.instance_on,
+            sem_seg_postprocess_before_inference=self.sem_seg_postprocess_before_inference,
+            object_mask_threshold=self.object_mask_threshold,
+            overlap_threshold=self.overlap_threshold,
+            thing_classes=self.thing_classes if self.panoptic_on else None,
+            test_topk_per_image=self.test_topk_per_image,
+        )
 
     @property
     def thing_classes(self) -> List[int]:

@@ -14,6 +14,17 @@ from ...layers import Conv2d, MSDeformAttn, PositionEmbeddingSine, ShapeSpec, c2
 from ...utils.registry import PIXEL_DECODER_REGISTRY
 
 
+def _sizes_to_tensor(shapes: Sequence[Tuple[int, int]], device: torch.device) -> torch.Tensor:
+    """int64 [L, 2] tensor of (H_l, W_l) pairs that stay symbolic in traced and exported graphs:
+    ``torch.jit.trace`` sees sizes as 0-dim tensors, ``torch.export`` as SymInts (which
+    ``torch.as_tensor`` would specialise to constants)."""
+    if torch.jit.is_tracing():
+        return torch.stack([torch.stack(hw) for hw in shapes]).to(device)
+    return torch.stack(
+        [torch.stack([torch.scalar_tensor(v, dtype=torch.long, device=device) for v in hw]) for hw in shapes]
+    )
+
+
 class MSDeformAttnTransformerEncoderLayer(nn.Module):
     """Post-norm encoder layer: deformable self-attention, then a ReLU feed-forward network, each
     followed by a residual connection and LayerNorm (``norm1``, ``norm2``)."""
@@ -45,10 +56,15 @@ class MSDeformAttnTransformerEncoderLayer(nn.Module):
         reference_points: torch.Tensor,
         spatial_shapes: torch.Tensor,
         level_start_index: torch.Tensor,
+        spatial_shapes_list: Optional[Sequence[Tuple[int, int]]] = None,
     ) -> torch.Tensor:
         """src, pos: [N, S, d_model]; reference_points: [N, S, L, 2]; spatial_shapes int64 [L, 2];
-        level_start_index int64 [L]. Returns [N, S, d_model]."""
-        attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index)
+        level_start_index int64 [L]; optional spatial_shapes_list: the same (H_l, W_l) as sizes
+        (see :func:`ms_deform_attn`). Returns [N, S, d_model]."""
+        attn = self.self_attn(
+            src + pos, reference_points, src, spatial_shapes, level_start_index,
+            spatial_shapes_list=spatial_shapes_list,
+        )
         src = self.norm1(src + self.dropout1(attn))
         # in place: saves one [N, S, d_ffn] buffer (the linear's backward does not need its output)
         ffn = self.linear2(self.dropout2(F.relu(self.linear1(src), inplace=True)))
@@ -68,9 +84,10 @@ class MSDeformAttnTransformerEncoder(nn.Module):
         """Pixel centres of every level, normalised (x, y) in (0, 1): float32 [1, S, 2]."""
         points = []
         for h, w in shapes:
+            # arange + 0.5 equals linspace(0.5, n - 0.5, n) exactly, and keeps n symbolic in exports
             ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, h - 0.5, h, dtype=torch.float32, device=device),
-                torch.linspace(0.5, w - 0.5, w, dtype=torch.float32, device=device),
+                torch.arange(h, dtype=torch.float32, device=device) + 0.5,
+                torch.arange(w, dtype=torch.float32, device=device) + 0.5,
                 indexing="ij",
             )
             points.append(torch.stack((ref_x.reshape(-1) / w, ref_y.reshape(-1) / h), -1))
@@ -82,16 +99,25 @@ class MSDeformAttnTransformerEncoder(nn.Module):
         spatial_shapes: torch.Tensor,
         level_start_index: torch.Tensor,
         pos: torch.Tensor,
+        spatial_shapes_list: Optional[Sequence[Tuple[int, int]]] = None,
     ) -> torch.Tensor:
-        """src, pos: [N, S, d_model]; spatial_shapes int64 [L, 2]; level_start_index int64 [L].
+        """src, pos: [N, S, d_model]; spatial_shapes int64 [L, 2]; level_start_index int64 [L];
+        optional spatial_shapes_list: the same (H_l, W_l) as sizes, so that no tensor value is read
+        back (traced or exported graphs stay shape-generic).
         Every query's reference point is its own pixel centre, the same on all levels (no padding).
         Returns [N, S, d_model]."""
-        shapes = [tuple(hw) for hw in spatial_shapes.tolist()]
+        if spatial_shapes_list is None:
+            shapes = [tuple(hw) for hw in spatial_shapes.tolist()]
+        else:
+            shapes = [tuple(hw) for hw in spatial_shapes_list]
         reference_points = self.get_reference_points(shapes, src.device)
         reference_points = reference_points[:, :, None].expand(src.shape[0], -1, len(shapes), -1)
         output = src
         for layer in self.layers:
-            output = layer(output, pos, reference_points, spatial_shapes, level_start_index)
+            output = layer(
+                output, pos, reference_points, spatial_shapes, level_start_index,
+                spatial_shapes_list=spatial_shapes_list,
+            )
         return output
 
 
@@ -147,11 +173,12 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
             ],
             1,
         )
-        spatial_shapes = torch.as_tensor(
-            [src.shape[-2:] for src in srcs], dtype=torch.long, device=src_flatten.device
-        )
+        shapes = [tuple(src.shape[-2:]) for src in srcs]
+        spatial_shapes = _sizes_to_tensor(shapes, src_flatten.device)
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
-        return self.encoder(src_flatten, spatial_shapes, level_start_index, pos_flatten)
+        return self.encoder(
+            src_flatten, spatial_shapes, level_start_index, pos_flatten, spatial_shapes_list=shapes
+        )
 
 
 @PIXEL_DECODER_REGISTRY.register()
