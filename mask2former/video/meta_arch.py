@@ -10,6 +10,7 @@ from ..config import configurable
 from ..data.catalog import MetadataCatalog
 from ..modeling.backbone.build import build_backbone
 from ..structures import ImageList
+from ..modeling.meta_arch.common import normalized_batch, register_pixel_normalization, weighted_losses
 from ..modeling.meta_arch.mask_former_head import build_sem_seg_head
 from ..utils.registry import META_ARCH_REGISTRY
 from .criterion import VideoSetCriterion
@@ -58,8 +59,7 @@ class VideoMaskFormer(nn.Module):
         self.num_frames = num_frames
         self.metadata = metadata
         self.size_divisibility = backbone.size_divisibility if size_divisibility < 0 else size_divisibility
-        for name, values in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
-            self.register_buffer(name, torch.tensor(values, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+        register_pixel_normalization(self, pixel_mean, pixel_std)
         self.test_topk_per_video = test_topk_per_video
 
     @classmethod
@@ -84,9 +84,8 @@ class VideoMaskFormer(nn.Module):
     def preprocess_video(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalise every frame of every clip and pad them into one batch [sum T, 3, H_pad, W_pad]
         (bottom/right, with 0 after normalisation), clip-major."""
-        frames = [frame.to(self.device) for video in batched_inputs for frame in video["image"]]
-        frames = [(x - self.pixel_mean) / self.pixel_std for x in frames]
-        return ImageList.from_tensors(frames, self.size_divisibility)
+        frames = [frame for video in batched_inputs for frame in video["image"]]
+        return normalized_batch(frames, self.pixel_mean, self.pixel_std, self.size_divisibility)
 
     def forward(self, batched_inputs: List[Dict]):
         """
@@ -112,11 +111,8 @@ class VideoMaskFormer(nn.Module):
         outputs = self.sem_seg_head(self.backbone(images.tensor))
 
         if self.training:
-            if self.criterion is None:
-                raise RuntimeError("VideoMaskFormer was built without a criterion; pass `criterion=`")
-            losses = self.criterion(outputs, self.prepare_targets(batched_inputs, images))
-            weights = self.criterion.weight_dict
-            return {k: v * weights[k] for k, v in losses.items() if k in weights}
+            targets = self.prepare_targets(batched_inputs, images)
+            return weighted_losses(self.criterion, outputs, targets, owner="VideoMaskFormer")
 
         video = batched_inputs[0]
         image_size = images.image_sizes[0]

@@ -9,10 +9,12 @@ from torch.nn import functional as F
 from ...config import configurable
 from ...data.catalog import MetadataCatalog
 from ...structures import ImageList
-from ...utils.registry import META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
+from ...utils.registry import META_ARCH_REGISTRY
 from ..backbone.build import build_backbone
 from ..criterion import SetCriterion
 from ..postprocessing import mask_classification_inference
+from .common import normalized_batch, register_pixel_normalization, weighted_losses
+from .mask_former_head import build_sem_seg_head
 
 __all__ = ["MaskFormer"]
 
@@ -76,54 +78,41 @@ class MaskFormer(nn.Module):
         super().__init__()
         if not semantic_on and not sem_seg_postprocess_before_inference:
             raise ValueError("sem_seg_postprocess_before_inference must be True when semantic_on is False")
-        self.backbone = backbone
-        self.sem_seg_head = sem_seg_head
-        self.criterion = criterion
+        # Submodule names as in the published state dict: backbone, sem_seg_head, criterion.
+        self.backbone, self.sem_seg_head, self.criterion = backbone, sem_seg_head, criterion
         self.num_queries = num_queries
-        self.overlap_threshold = overlap_threshold
-        self.object_mask_threshold = object_mask_threshold
+        self.object_mask_threshold, self.overlap_threshold = object_mask_threshold, overlap_threshold
         self.metadata = metadata
-        if size_divisibility < 0:
-            size_divisibility = self.backbone.size_divisibility
-        self.size_divisibility = size_divisibility
+        self.size_divisibility = backbone.size_divisibility if size_divisibility < 0 else size_divisibility
         self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).float().view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).float().view(-1, 1, 1), False)
-        self.semantic_on = semantic_on
-        self.panoptic_on = panoptic_on
-        self.instance_on = instance_on
+        register_pixel_normalization(self, pixel_mean, pixel_std)
+        self.semantic_on, self.panoptic_on, self.instance_on = semantic_on, panoptic_on, instance_on
         self.test_topk_per_image = test_topk_per_image
 
     @classmethod
     def from_config(cls, cfg):
         backbone = build_backbone(cfg)
-        head_name = cfg.MODEL.SEM_SEG_HEAD.NAME
-        if head_name not in SEM_SEG_HEADS_REGISTRY:
-            raise KeyError(
-                f"MODEL.SEM_SEG_HEAD.NAME={head_name!r} is not registered; "
-                f"known: {sorted(k for k, _ in SEM_SEG_HEADS_REGISTRY)}"
-            )
-        sem_seg_head = SEM_SEG_HEADS_REGISTRY.get(head_name)(cfg, backbone.output_shape())
         test = cfg.MODEL.MASK_FORMER.TEST
-        return {
-            "backbone": backbone,
-            "sem_seg_head": sem_seg_head,
-            "criterion": SetCriterion(cfg),
-            "num_queries": cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES,
-            "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
-            "overlap_threshold": test.OVERLAP_THRESHOLD,
-            "metadata": MetadataCatalog.get(cfg.DATASETS.TRAIN[0]),
-            "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
-            "sem_seg_postprocess_before_inference": (
+        return dict(
+            backbone=backbone,
+            sem_seg_head=build_sem_seg_head(cfg, backbone.output_shape()),
+            criterion=SetCriterion(cfg),
+            num_queries=cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES,
+            object_mask_threshold=test.OBJECT_MASK_THRESHOLD,
+            overlap_threshold=test.OVERLAP_THRESHOLD,
+            metadata=MetadataCatalog.get(cfg.DATASETS.TRAIN[0]),
+            size_divisibility=cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
+            # Panoptic and instance inference need the masks at the output resolution.
+            sem_seg_postprocess_before_inference=(
                 test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE or test.PANOPTIC_ON or test.INSTANCE_ON
             ),
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "semantic_on": test.SEMANTIC_ON,
-            "instance_on": test.INSTANCE_ON,
-            "panoptic_on": test.PANOPTIC_ON,
-            "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-        }
+            pixel_mean=cfg.MODEL.PIXEL_MEAN,
+            pixel_std=cfg.MODEL.PIXEL_STD,
+            semantic_on=test.SEMANTIC_ON,
+            instance_on=test.INSTANCE_ON,
+            panoptic_on=test.PANOPTIC_ON,
+            test_topk_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -132,9 +121,8 @@ class MaskFormer(nn.Module):
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         """Normalise the ``image`` of each input and pad them into one batch (bottom/right, with 0,
         to a multiple of ``size_divisibility``)."""
-        images = [x["image"].to(self.device) for x in batched_inputs]
-        images = [(x - self.pixel_mean) / self.pixel_std for x in images]
-        return ImageList.from_tensors(images, self.size_divisibility)
+        return normalized_batch([x["image"] for x in batched_inputs], self.pixel_mean, self.pixel_std,
+                                self.size_divisibility)
 
     def forward(self, batched_inputs: List[Dict]):
         """
@@ -157,31 +145,19 @@ class MaskFormer(nn.Module):
             RuntimeError: training without a criterion.
         """
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
-        outputs = self.sem_seg_head(features)
-
+        outputs = self.sem_seg_head(self.backbone(images.tensor))
         if self.training:
-            if self.criterion is None:
-                raise RuntimeError(
-                    "MaskFormer was built without a criterion; pass `criterion=` to train it"
-                )
             targets = None
             if "instances" in batched_inputs[0]:
-                gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
-                targets = self.prepare_targets(gt_instances, images)
-            losses = self.criterion(outputs, targets)
-            weights = self.criterion.weight_dict
-            return {k: v * weights[k] for k, v in losses.items() if k in weights}
+                targets = self.prepare_targets([x["instances"].to(self.device) for x in batched_inputs], images)
+            return weighted_losses(self.criterion, outputs, targets, owner="MaskFormer")
 
-        mask_pred_results = F.interpolate(
+        # Mask logits at the padded input resolution; each image's inference crops its own part.
+        padded_masks = F.interpolate(
             outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
         )
-        return [
-            self.inference_single_image(mask_cls, mask_pred, image_size, x)
-            for mask_cls, mask_pred, image_size, x in zip(
-                outputs["pred_logits"], mask_pred_results, images.image_sizes, batched_inputs
-            )
-        ]
+        per_image = zip(outputs["pred_logits"], padded_masks, images.image_sizes, batched_inputs)
+        return [self.inference_single_image(*image_outputs) for image_outputs in per_image]
 
     def inference_single_image(self, mask_cls, mask_pred, image_size, batched_input) -> Dict:
         """Outputs of one image from its class logits [Q, K+1] and mask logits [Q, H_pad, W_pad]."""
@@ -211,11 +187,11 @@ class MaskFormer(nn.Module):
     def prepare_targets(self, targets, images: ImageList) -> List[Dict[str, torch.Tensor]]:
         """Per-image training targets ``{"labels": [G], "masks": [G, H_pad, W_pad]}``, with the
         ground-truth masks zero-padded to the batch's padded size."""
-        h_pad, w_pad = images.tensor.shape[-2:]
-        new_targets = []
+        padded_size = images.tensor.shape[-2:]
+        prepared = []
         for per_image in targets:
-            gt_masks = per_image.gt_masks
-            padded = gt_masks.new_zeros((gt_masks.shape[0], h_pad, w_pad))
-            padded[:, : gt_masks.shape[1], : gt_masks.shape[2]] = gt_masks
-            new_targets.append({"labels": per_image.gt_classes, "masks": padded})
-        return new_targets
+            masks = per_image.gt_masks
+            padded = masks.new_zeros((masks.shape[0], *padded_size))
+            padded[:, : masks.shape[1], : masks.shape[2]] = masks
+            prepared.append({"labels": per_image.gt_classes, "masks": padded})
+        return prepared
