@@ -248,22 +248,19 @@ class MSDeformAttnPixelDecoder(nn.Module):
             nn.Sequential(nn.Conv2d(spec.channels, conv_dim, kernel_size=1), nn.GroupNorm(32, conv_dim))
             for _, spec in transformer_shapes[::-1]
         )
-        for proj in self.input_proj:
-            nn.init.xavier_uniform_(proj[0].weight, gain=1)
-            nn.init.constant_(proj[0].bias, 0)
+        for projection, _norm in self.input_proj:
+            nn.init.xavier_uniform_(projection.weight)
+            nn.init.zeros_(projection.bias)
 
         self.transformer = MSDeformAttnTransformerEncoderOnly(
-            d_model=conv_dim,
-            dropout=transformer_dropout,
-            nhead=transformer_nheads,
-            dim_feedforward=transformer_dim_feedforward,
-            num_encoder_layers=transformer_enc_layers,
+            d_model=conv_dim, nhead=transformer_nheads, num_encoder_layers=transformer_enc_layers,
+            dim_feedforward=transformer_dim_feedforward, dropout=transformer_dropout,
             num_feature_levels=self.transformer_num_feature_levels,
         )
         self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
 
         self.mask_dim = mask_dim
-        self.mask_features = Conv2d(conv_dim, mask_dim, kernel_size=1, stride=1, padding=0)
+        self.mask_features = Conv2d(conv_dim, mask_dim, kernel_size=1)
         c2_xavier_fill(self.mask_features)
 
         self.maskformer_num_feature_levels = 3
