@@ -66,6 +66,14 @@ def build_clip_augmentations(cfg, is_train: bool) -> Tuple[List, bool, bool]:
     return augs, style.endswith(_BY_CLIP), flip == "flip_by_clip"
 
 
+def _clip_mapper_args(cfg, is_train: bool) -> Dict:
+    """The constructor arguments both clip mappers read from ``cfg``: mode, the augmentations of
+    :func:`build_clip_augmentations` and ``INPUT.FORMAT``."""
+    augmentations, resize_by_clip, flip_by_clip = build_clip_augmentations(cfg, is_train)
+    return {"is_train": is_train, "augmentations": augmentations, "resize_by_clip": resize_by_clip,
+            "flip_by_clip": flip_by_clip, "image_format": cfg.INPUT.FORMAT}
+
+
 def _augment_clip(augs, frames: Sequence[np.ndarray], resize_by_clip: bool, flip_by_clip: bool):
     """Apply ``augs`` to every frame; the transforms drawn for frame 0 are reused for all frames when
     both flags are set (frames of one clip have one size), otherwise drawn per frame."""
@@ -148,14 +156,12 @@ class YTVISDatasetMapper:
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
-        augs, resize_by_clip, flip_by_clip = build_clip_augmentations(cfg, is_train)
-        return {
-            "is_train": is_train, "augmentations": augs, "resize_by_clip": resize_by_clip,
-            "flip_by_clip": flip_by_clip, "image_format": cfg.INPUT.FORMAT,
-            "sampling_frame_num": cfg.INPUT.SAMPLING_FRAME_NUM,
-            "sampling_frame_range": cfg.INPUT.SAMPLING_FRAME_RANGE,
-            "sampling_frame_shuffle": cfg.INPUT.SAMPLING_FRAME_SHUFFLE,
-        }
+        return dict(
+            _clip_mapper_args(cfg, is_train),
+            sampling_frame_num=cfg.INPUT.SAMPLING_FRAME_NUM,
+            sampling_frame_range=cfg.INPUT.SAMPLING_FRAME_RANGE,
+            sampling_frame_shuffle=cfg.INPUT.SAMPLING_FRAME_SHUFFLE,
+        )
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         """Raises: FileNotFoundError (missing frame), ValueError (frame size differs from the dict)."""
@@ -231,13 +237,12 @@ class COCOPseudoClipDatasetMapper:
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
-        augs, resize_by_clip, flip_by_clip = build_clip_augmentations(cfg, is_train)
-        return {
-            "is_train": is_train, "augmentations": augs, "resize_by_clip": resize_by_clip,
-            "flip_by_clip": flip_by_clip, "image_format": cfg.INPUT.FORMAT,
-            "num_frames": cfg.INPUT.SAMPLING_FRAME_NUM,
-            "crop_fraction": cfg.INPUT.PSEUDO_CLIP_CROP_FRACTION, "max_shift": cfg.INPUT.PSEUDO_CLIP_MAX_SHIFT,
-        }
+        return dict(
+            _clip_mapper_args(cfg, is_train),
+            num_frames=cfg.INPUT.SAMPLING_FRAME_NUM,
+            crop_fraction=cfg.INPUT.PSEUDO_CLIP_CROP_FRACTION,
+            max_shift=cfg.INPUT.PSEUDO_CLIP_MAX_SHIFT,
+        )
 
     def __call__(self, dataset_dict: Dict) -> Dict:
         """Raises: FileNotFoundError (missing image), ValueError (image size differs from the dict)."""
