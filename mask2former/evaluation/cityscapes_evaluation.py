@@ -62,6 +62,16 @@ def _in1d(ar1, ar2, assume_unique=False, invert=False):
     return np.isin(np.ravel(ar1), ar2, assume_unique=assume_unique, invert=invert)
 
 
+def _set_official_args(args, prediction_path: str) -> None:
+    """Point a cityscapesscripts evaluation module's global ``args`` at ``prediction_path`` and turn
+    off its own prediction search, JSON export, colourised output and console printing."""
+    args.predictionPath = prediction_path
+    args.predictionWalk = None
+    args.JSONOutput = False
+    args.colorized = False
+    args.quiet = True
+
+
 @contextlib.contextmanager
 def _quiet_official_run(folder: str):
     """Run a cityscapesscripts routine inside ``folder`` with its console output kept out, its
@@ -171,11 +181,7 @@ class CityscapesSemSegEvaluator(_CityscapesEvaluator):
         try:
             gt_files = self._gt_files("labelIds")
             predictions = [self._prediction_for(f, "_pred.png") for f in gt_files]
-            official.args.predictionPath = self._temp_dir
-            official.args.predictionWalk = None
-            official.args.JSONOutput = False
-            official.args.colorized = False
-            official.args.quiet = True
+            _set_official_args(official.args, prediction_path=self._temp_dir)
             logger.info("Evaluating %d images with cityscapesscripts (pixel level)", len(gt_files))
             with _quiet_official_run(self._temp_dir):
                 res = official.evaluateImgLists(predictions, gt_files, official.args)
@@ -244,11 +250,7 @@ class CityscapesInstanceEvaluator(_CityscapesEvaluator):
         try:
             gt_files = self._gt_files("instanceIds")
             predictions = [self._prediction_for(f, "_pred.txt") for f in gt_files]
-            official.args.predictionPath = os.path.abspath(self._temp_dir)
-            official.args.predictionWalk = None
-            official.args.JSONOutput = False
-            official.args.colorized = False
-            official.args.quiet = True
+            _set_official_args(official.args, prediction_path=os.path.abspath(self._temp_dir))
             official.args.gtInstancesFile = os.path.join(self._temp_dir, "gtInstances.json")
             logger.info("Evaluating %d images with cityscapesscripts (instance level)", len(gt_files))
             # evaluateImgLists' steps, without its matches.json dump (numpy-2 scalars in the
