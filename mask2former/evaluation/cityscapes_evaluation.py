@@ -127,6 +127,19 @@ class _CityscapesEvaluator(DatasetEvaluator):
             raise FileNotFoundError(f"No '*_gtFine_{suffix}.png' under '{self._gt_dir}/<city>/'.")
         return files
 
+    def _official_inputs(self, official, gt_suffix: str, prediction_suffix: str, prediction_path: str):
+        """The ground-truth files ``*_gtFine_<gt_suffix>.png`` and their predictions
+        (``<stem><prediction_suffix>`` in the temporary folder), with the official module's
+        ``args`` pointed at ``prediction_path``.
+
+        Raises:
+            FileNotFoundError / KeyError: as :meth:`_gt_files` / :meth:`_prediction_for`.
+        """
+        gt_files = self._gt_files(gt_suffix)
+        predictions = [self._prediction_for(f, prediction_suffix) for f in gt_files]
+        _set_official_args(official.args, prediction_path=prediction_path)
+        return gt_files, predictions
+
     def _prediction_for(self, gt_file: str, suffix: str) -> str:
         path = os.path.join(self._temp_dir, cityscapes_stem(gt_file) + suffix)
         if not os.path.isfile(path):
@@ -179,9 +192,7 @@ class CityscapesSemSegEvaluator(_CityscapesEvaluator):
         from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as official
 
         try:
-            gt_files = self._gt_files("labelIds")
-            predictions = [self._prediction_for(f, "_pred.png") for f in gt_files]
-            _set_official_args(official.args, prediction_path=self._temp_dir)
+            gt_files, predictions = self._official_inputs(official, "labelIds", "_pred.png", self._temp_dir)
             logger.info("Evaluating %d images with cityscapesscripts (pixel level)", len(gt_files))
             with _quiet_official_run(self._temp_dir):
                 res = official.evaluateImgLists(predictions, gt_files, official.args)
@@ -248,9 +259,9 @@ class CityscapesInstanceEvaluator(_CityscapesEvaluator):
         from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as official
 
         try:
-            gt_files = self._gt_files("instanceIds")
-            predictions = [self._prediction_for(f, "_pred.txt") for f in gt_files]
-            _set_official_args(official.args, prediction_path=os.path.abspath(self._temp_dir))
+            gt_files, predictions = self._official_inputs(
+                official, "instanceIds", "_pred.txt", os.path.abspath(self._temp_dir)
+            )
             official.args.gtInstancesFile = os.path.join(self._temp_dir, "gtInstances.json")
             logger.info("Evaluating %d images with cityscapesscripts (instance level)", len(gt_files))
             # evaluateImgLists' steps, without its matches.json dump (numpy-2 scalars in the
