@@ -97,6 +97,23 @@ def test_params_flops_inference_compare(tmp_path, reference_dir, datasets_root):
     assert "B / A" in stdout
 
 
+def test_inference_at_other_image_sizes(tmp_path, reference_dir, datasets_root):
+    """Settings with their own image_size run on resized copies of the images; --image-size is
+    the default for the others. Outputs of different sizes are not compared."""
+    report, stdout = _run_tool(
+        tmp_path, datasets_root, "--config-file", str(reference_dir / FIXTURE / "config.yaml"),
+        "--task", "inference", "--images", str(datasets_root / "coco" / "val2017" / "000000039769.jpg"),
+        "--num-images", "1", "--warmup", "0", "--image-size", "320", "240",
+        "--compare", "default", "image_size=1280x960", *_fixture_opts(reference_dir),
+    )
+    inference = _results(report, "inference")
+    assert inference["A"]["image_size"] == "320x240" and inference["B"]["image_size"] == "1280x960"
+    assert all(m["peak_memory_mb"] > 0 for m in inference.values())
+    compared = {c["task"]: c for c in report["comparisons"]}
+    assert "output_difference" not in compared["inference"]
+    assert "1280x960" in stdout
+
+
 def test_train_synthetic_and_op(tmp_path, reference_dir, datasets_root):
     report, _ = _run_tool(
         tmp_path, datasets_root, "--config-file", str(reference_dir / FIXTURE / "config.yaml"),
@@ -145,7 +162,8 @@ def test_parse_setting():
     assert (setting.impl, setting.dtype, setting.threads) == ("pytorch", "bf16", 1)
     assert setting.overrides == ("INPUT.CROP.SIZE", "(512, 512)")
     assert parse_setting("default", "B").overrides == ()
-    for bad in ("impl", "colour=red", "dtype=fp8", "threads=0"):
+    assert parse_setting("image_size=4000x3000", "B").image_size == (4000, 3000)
+    for bad in ("impl", "colour=red", "dtype=fp8", "threads=0", "image_size=4000", "image_size=0x3"):
         with pytest.raises(ValueError, match="Setting"):
             parse_setting(bad, "A")
 

@@ -290,6 +290,7 @@ def test_detectron2_build_model_equals_standalone(reference_dir, tmp_path, fixtu
     assert state == standalone["state"]
 
     raw = {}
+    model.sem_seg_head.predictor.return_aux_outputs = True
     model.sem_seg_head.register_forward_hook(lambda module, args, output: raw.update(output))
     npz = np.load(image_npz)
     inputs = [{"image": torch.from_numpy(npz["image"]), "height": int(npz["height"]), "width": int(npz["width"])}]

@@ -78,6 +78,7 @@ def _assert_close(name, actual, expected):
 
 
 def _compare(ours_model, hf_model, x, where):
+    ours_model.sem_seg_head.predictor.return_aux_outputs = True
     with torch.no_grad():
         ours = ours_model.sem_seg_head(ours_model.backbone(x))
         theirs = hf_model(pixel_values=x, output_auxiliary_logits=True)

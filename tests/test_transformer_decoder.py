@@ -54,6 +54,7 @@ def _assert_close(name, actual, expected):
 def test_predictor_parity_with_published_decoder(reference_dir, fixture):
     root = reference_dir / fixture
     decoder = _decoder_from_fixture_config(root / "config.yaml").eval()
+    decoder.return_aux_outputs = True
     incompatible = decoder.load_state_dict(_predictor_weights(root / "model.pkl"), strict=True)
     assert not incompatible.missing_keys and not incompatible.unexpected_keys
 
@@ -99,6 +100,7 @@ def test_forward_shapes_batch_and_attention_mask():
         16, num_classes=5, hidden_dim=16, num_queries=6, nheads=4, dim_feedforward=32,
         dec_layers=4, pre_norm=True, mask_dim=8, enforce_input_project=False,
     ).eval()
+    decoder.return_aux_outputs = True
     features = [torch.randn(2, 16, 2, 3), torch.randn(2, 16, 4, 6), torch.randn(2, 16, 8, 12)]
     mask_features = torch.randn(2, 8, 16, 24)
     with torch.no_grad():
@@ -129,3 +131,64 @@ def test_layers_post_and_pre_norm():
         torch.testing.assert_close(out.mean(-1), torch.zeros(5, 2), atol=1e-5, rtol=0)
         layer.normalize_before = True
         assert not torch.allclose(layer(*args).mean(-1), torch.zeros(5, 2), atol=1e-3)
+
+
+def _lean_and_full(decoder, features, mask_features):
+    """Eval-mode outputs without and with the auxiliary outputs (the full computation)."""
+    with torch.no_grad():
+        decoder.return_aux_outputs = False
+        lean = decoder(features, mask_features)
+        decoder.return_aux_outputs = True
+        full = decoder(features, mask_features)
+    return lean, full
+
+
+@pytest.mark.parametrize("fixture", FIXTURES)
+def test_lean_eval_path_returns_identical_outputs_on_fixtures(reference_dir, fixture):
+    root = reference_dir / fixture
+    decoder = _decoder_from_fixture_config(root / "config.yaml").eval()
+    decoder.load_state_dict(_predictor_weights(root / "model.pkl"), strict=True)
+    npz = next(np.load(p) for p in sorted(root.glob("*.npz")) if "multi_scale_0" in np.load(p).files)
+    features = [torch.from_numpy(npz[f"multi_scale_{i}"])[None] for i in range(3)]
+    lean, full = _lean_and_full(decoder, features, torch.from_numpy(npz["mask_features"])[None])
+    assert "aux_outputs" not in lean and len(full["aux_outputs"]) == decoder.num_layers
+    assert torch.equal(lean["pred_logits"], full["pred_logits"])
+    assert torch.equal(lean["pred_masks"], full["pred_masks"])
+
+
+@pytest.mark.parametrize("stride4_size", [(32, 48), (28, 44), (30, 46)])
+def test_lean_eval_path_identical_for_exact_and_inexact_level_ratios(stride4_size):
+    """Levels at strides 8/16/32 of a stride-4 grid: exact even ratios read gathered pixels,
+    other ratios (sizes not divisible) take the full einsum; the outputs are identical."""
+    torch.manual_seed(0)
+    decoder = MultiScaleMaskedTransformerDecoder(
+        16, num_classes=5, hidden_dim=16, num_queries=6, nheads=4, dim_feedforward=32,
+        dec_layers=5, pre_norm=False, mask_dim=8, enforce_input_project=False,
+    ).eval()
+    h, w = stride4_size
+    features = [torch.randn(2, 16, -(-h // f), -(-w // f)) for f in (8, 4, 2)]
+    lean, full = _lean_and_full(decoder, features, torch.randn(2, 8, h, w))
+    assert torch.equal(lean["pred_logits"], full["pred_logits"])
+    assert torch.equal(lean["pred_masks"], full["pred_masks"])
+    decoder.train()
+    assert len(decoder(features, torch.randn(2, 8, h, w))["aux_outputs"]) == 5
+
+
+@pytest.mark.parametrize("factor", [4, 8])
+def test_downsampling_reads_only_the_gathered_pixels(factor):
+    """Bilinear downsampling by an even factor f equals the 2x downsampling of the pixels
+    f*i + f/2 - 1 and f*i + f/2, bit for bit; what the lean path relies on."""
+    torch.manual_seed(0)
+    decoder = MultiScaleMaskedTransformerDecoder(
+        16, num_classes=5, hidden_dim=16, num_queries=6, nheads=4, dim_feedforward=32,
+        dec_layers=2, pre_norm=False, mask_dim=8, enforce_input_project=False,
+    ).eval()
+    queries, mask_features = torch.randn(6, 1, 16), torch.randn(1, 8, 5 * factor, 7 * factor)
+    with torch.no_grad():
+        _, _, expected = decoder.forward_prediction_heads(queries, mask_features, (5, 7))
+        resized = decoder.resized_mask_logits(queries, mask_features, (5, 7))
+    assert torch.equal(decoder.attention_mask(resized), expected)
+    _, embedding = decoder.query_heads(queries)
+    full = torch.einsum("bqc,bchw->bqhw", embedding, mask_features)
+    reference = torch.nn.functional.interpolate(full, size=(5, 7), mode="bilinear", align_corners=False)
+    assert torch.equal(resized, reference.flatten(2))

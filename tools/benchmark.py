@@ -11,6 +11,8 @@ Tasks (``--task``, one or more):
   inference  frames/s at batch 1 with ``Predictor`` on the raw images (resize, model and
              post-processing; decoding the files is not timed), averaged over the images after
              ``--warmup`` calls, and peak memory (CUDA max_memory_allocated; sampled RSS on CPU).
+             ``--image-size W H`` (or a setting's ``image_size=WxH``) first resizes the raw images,
+             e.g. to a 12-megapixel photo: outputs at that size, the same network input.
              Also the seconds spent inside the ``MSDeformAttn`` modules (projections and sampling)
              and ``max_speedup_from_msdeformattn`` = total / (total - those seconds): by Amdahl's
              law, no implementation of the op makes that setting faster end to end than this.
@@ -50,6 +52,8 @@ Examples:
       --device cpu --num-images 3 --compare impl=pytorch impl=auto MODEL.WEIGHTS ""
   python tools/benchmark.py --config-file configs/coco/panoptic/R50.yaml --task inference \
       --device cpu --num-images 3 --compare backend=torch backend=onnxruntime MODEL.WEIGHTS ""
+  python tools/benchmark.py --config-file configs/coco/panoptic/R50.yaml --task inference \
+      --device cpu --num-images 1 --compare image_size=640x480 image_size=4000x3000 MODEL.WEIGHTS ""
   python tools/benchmark.py --task op --component msdeformattn --device cpu --output op.json
 
 Config overrides (``KEY VALUE``) come last; after an option taking several values (``--task``,
@@ -65,6 +69,7 @@ import sys
 import tempfile
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 import torch
 from tabulate import tabulate
@@ -141,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--synthetic", action="store_true", help="train on random images and masks")
     parser.add_argument("--input-size", type=int, nargs=2, default=(800, 1200), metavar=("H", "W"),
                         help="op: image size whose stride-8/16/32 feature maps are attended")
+    parser.add_argument("--image-size", type=int, nargs=2, metavar=("W", "H"),
+                        help="inference: resize the raw images to W x H pixels first (e.g. 4000 3000 "
+                             "for a phone photo); the outputs are at that size, the network input is "
+                             "still the test resize. A setting's image_size=WxH overrides it")
     parser.add_argument("--impls", nargs="+", default=["pytorch", "compiled"],
                         help="op: implementations to time when a setting does not name one "
                         "(unavailable ones are reported as skipped)")
@@ -257,6 +266,15 @@ def dataset_images(name: str) -> List[str]:
         logger.warning("Listing the images under %s instead of dataset %s (%s)", root, name, exc)
         files = glob.glob(os.path.join(root, "**", "*"), recursive=True)
         return sorted(f for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def sized_images(args, setting: Setting, images: Sequence[Tuple[str, np.ndarray]]):
+    """``images`` resized (bilinear) to the setting's ``image_size`` or ``--image-size`` (W, H);
+    unchanged when neither is given."""
+    size = setting.image_size or (tuple(args.image_size) if args.image_size else None)
+    if size is None:
+        return list(images)
+    return [(path, cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)) for path, image in images]
 
 
 def network_input(image_bgr: np.ndarray, cfg, resize: ResizeShortestEdge) -> torch.Tensor:
@@ -432,21 +450,25 @@ def run_inference(args, settings: Sequence[Setting], images) -> Tuple[List[Dict]
         chosen[setting.label] = predictors[key]
         if setting.backend == "onnxruntime":
             chosen[setting.label] = onnxruntime_predictor(args, setting, cfg, predictors[key])
+    inputs = {s.label: sized_images(args, s, images) for s in settings}
     for setting in settings:
         device, dtype = setting_device(args, setting), setting_dtype(args, setting)
+        warmup_images = inputs[setting.label]
         with activate(setting), autocast(device, dtype):
             for i in range(args.warmup):
-                time_call(lambda: chosen[setting.label](images[i % len(images)][1]), device)
-    compare = len(settings) == 2
+                time_call(lambda: chosen[setting.label](warmup_images[i % len(warmup_images)][1]), device)
+    # Outputs are compared when two settings produce them at the same size.
+    compare = len(settings) == 2 and len({inputs[s.label][0][1].shape for s in settings}) == 1
     times = {s.label: [] for s in settings}
     msda_times = {s.label: [] for s in settings}
     memories = {s.label: [] for s in settings}
     differences = []
-    for path, image in images:
+    for index, (path, _) in enumerate(images):
         outputs = {}
         for setting in settings:
             device, dtype = setting_device(args, setting), setting_dtype(args, setting)
             predictor = chosen[setting.label]
+            image = inputs[setting.label][index][1]
             hook = HeadOutputs(predictor.model) if compare and is_torch(setting) else None
             timer = ModuleTimer(predictor.model if is_torch(setting) else torch.nn.Module(), MSDeformAttn, device)
             with activate(setting), autocast(device, dtype), PeakMemory(device) as memory, timer:
@@ -459,6 +481,7 @@ def run_inference(args, settings: Sequence[Setting], images) -> Tuple[List[Dict]
                 if hook is not None:
                     hook.remove()
                 outputs[setting.label] = (raw, output)
+            del output  # not resident during the next call's memory measurement
             logger.info("[%s] inference %s: %.3f s", setting.label, os.path.basename(path), seconds)
         if compare:
             differences.append(output_difference(*(outputs[s.label] for s in settings)))
@@ -476,10 +499,11 @@ def run_inference(args, settings: Sequence[Setting], images) -> Tuple[List[Dict]
             ),
             num_images=len(images), warmup=args.warmup, dtype=setting_dtype(args, setting),
             backend=setting.backend or "torch",
+            image_size="x".join(str(v) for v in inputs[setting.label][0][1].shape[1::-1]),
             msdeformattn_impl=model_impl(args, setting) if is_torch(setting) else "pytorch (ONNX graph)",
             **memory_metrics(memories[setting.label]),
         ))
-    return rows, {"inference": aggregate_differences(differences)} if compare else {}
+    return rows, {"inference": aggregate_differences(differences)} if differences else {}
 
 
 def synthetic_batch(batch_size: int, size: int, num_classes: int, gen: torch.Generator,
@@ -727,7 +751,7 @@ def print_report(env: Dict, settings: Sequence[Setting], rows: List[Dict], compa
         task_rows = [r for r in rows if r["task"] == task]
         if not task_rows:
             continue
-        columns = ["backend", "msdeformattn_impl", "impl", "dtype", *KEY_METRICS[task], "skipped"]
+        columns = ["backend", "msdeformattn_impl", "impl", "dtype", "image_size", *KEY_METRICS[task], "skipped"]
         columns = [c for c in columns if any(c in r["metrics"] for r in task_rows)]
         table = [[r["setting"], r["variant"], *(_fmt(r["metrics"].get(c, "")) for c in columns)]
                  for r in task_rows]

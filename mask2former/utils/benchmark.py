@@ -48,7 +48,7 @@ __all__ = [
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-_SETTING_KEYS = ("impl", "dtype", "device", "threads", "backend")
+_SETTING_KEYS = ("impl", "dtype", "device", "threads", "backend", "image_size")
 # inference backends: the PyTorch model, or its ONNX export run by ONNX Runtime (fp32, CPU)
 BACKENDS = ("torch", "onnxruntime")
 
@@ -77,6 +77,8 @@ class Setting:
         threads: ``torch.set_num_threads`` value, or None to keep the current one.
         backend: inference backend, "torch" or "onnxruntime" (the model exported to ONNX and run
             by ONNX Runtime's CPU provider), or None for "torch".
+        image_size: (width, height) in pixels the raw images are resized to before inference
+            (spec ``image_size=4000x3000``), or None for the command-line ``--image-size``.
         overrides: config overrides as a flat ``[KEY, VALUE, ...]`` list (``merge_from_list``).
     """
 
@@ -87,13 +89,14 @@ class Setting:
     device: Optional[str] = None
     threads: Optional[int] = None
     backend: Optional[str] = None
+    image_size: Optional[Tuple[int, int]] = None
     overrides: Tuple[str, ...] = field(default_factory=tuple)
 
     def as_dict(self) -> Dict[str, Any]:
         return {
             "label": self.label, "spec": self.spec, "impl": self.impl, "dtype": self.dtype,
             "device": self.device, "threads": self.threads, "backend": self.backend,
-            "overrides": list(self.overrides),
+            "image_size": self.image_size, "overrides": list(self.overrides),
         }
 
 
@@ -122,7 +125,7 @@ def parse_setting(spec: str, label: str) -> Setting:
     """Parse a setting spec: comma-separated ``key=value`` items, or ``default`` for none.
 
     Keys: ``impl`` (deformable attention implementation), ``dtype`` (fp32 / fp16 / bf16),
-    ``device``, ``threads``, ``backend`` (torch / onnxruntime), or an upper-case config key such as
+    ``device``, ``threads``, ``backend`` (torch / onnxruntime), ``image_size`` (``WxH``), or an upper-case config key such as
     ``MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME=BasePixelDecoder`` (value parsed like a command-line
     override; commas inside brackets belong to the value: ``INPUT.CROP.SIZE=(512,512)``).
 
@@ -158,6 +161,13 @@ def parse_setting(spec: str, label: str) -> Setting:
                 f"Setting {spec!r}: threads must be a positive integer, got {values['threads']!r}"
             )
         values["threads"] = int(values["threads"])
+    if "image_size" in values:
+        width, sep, height = values["image_size"].lower().partition("x")
+        if not (sep and width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+            raise ValueError(
+                f"Setting {spec!r}: image_size must be WIDTHxHEIGHT in pixels, got {values['image_size']!r}"
+            )
+        values["image_size"] = (int(width), int(height))
     return Setting(label=label, spec=spec, overrides=tuple(overrides), **values)
 
 

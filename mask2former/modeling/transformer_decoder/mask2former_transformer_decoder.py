@@ -5,8 +5,12 @@ first), to the pixel-decoder features. Cross-attention is *masked*: each query o
 pixels where its mask predicted by the previous layer has probability >= 0.5 (Eq. 2). Class logits
 and mask logits are predicted from the learnable queries before the first layer and after every
 layer (deep supervision).
+
+In eval mode only what is returned is computed (unless ``return_aux_outputs`` is set): the earlier
+layers' masks only at the attended level's resolution, for the attention masks, and no attention
+mask after the last layer. The returned outputs are the same either way.
 """
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -35,6 +39,10 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     _version = 2
 
     num_feature_levels = 3
+
+    #: In eval mode, also return ``aux_outputs`` (the earlier layers' predictions at stride 4), at
+    #: the cost of computing them; training always returns them (deep supervision).
+    return_aux_outputs = False
 
     @configurable
     def __init__(
@@ -131,8 +139,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
 
         Returns:
             dict with ``pred_logits`` [N, Q, K+1] and ``pred_masks`` [N, Q, H, W] (logits) of the
-            last layer, and ``aux_outputs``: a list of L dicts with the same two keys for the
-            learnable queries and the first L-1 layers, in order.
+            last layer, and (in training, or with ``return_aux_outputs``) ``aux_outputs``: a list
+            of L dicts with the same two keys for the learnable queries and the first L-1 layers,
+            in order.
 
         Raises:
             ValueError: ``x`` does not hold exactly three feature maps.
@@ -157,56 +166,86 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             mask_features: per-pixel embeddings, as :meth:`forward_prediction_heads` takes them.
 
         Returns:
-            the dict of :meth:`forward`.
+            the dict of :meth:`forward`; without ``aux_outputs`` in eval mode unless
+            ``return_aux_outputs`` is set.
         """
         batch = src[0].shape[1]
         query_embed = self.query_embed.weight.unsqueeze(1).repeat(1, batch, 1)
         output = self.query_feat.weight.unsqueeze(1).repeat(1, batch, 1)
-
+        with_aux = self.training or self.return_aux_outputs
         levels = self.num_feature_levels
-        class_logits, mask_logits, attn_mask = self.forward_prediction_heads(output, mask_features, sizes[0])
-        classes, masks = [class_logits], [mask_logits]
-        for layer in range(self.num_layers):
+
+        predictions = []
+        for layer in range(self.num_layers + 1):
+            if layer > 0:
+                output = self.transformer_cross_attention_layers[layer - 1](
+                    output, src[level], memory_mask=attn_mask, memory_key_padding_mask=None,
+                    pos=pos[level], query_pos=query_embed,
+                )
+                output = self.transformer_self_attention_layers[layer - 1](output, query_pos=query_embed)
+                output = self.transformer_ffn_layers[layer - 1](output)
+            if layer == self.num_layers:
+                predictions.append(self.forward_prediction_heads(output, mask_features, None)[:2])
+                break
             level = layer % levels
+            if with_aux:
+                class_logits, mask_logits, attn_mask = self.forward_prediction_heads(
+                    output, mask_features, sizes[level]
+                )
+                predictions.append((class_logits, mask_logits))
+            else:
+                attn_mask = self.attention_mask(self.resized_mask_logits(output, mask_features, sizes[level]))
             # A query whose mask covers no pixel would attend to nothing: let it attend everywhere.
             attn_mask = attn_mask & ~attn_mask.all(dim=-1, keepdim=True)
-            output = self.transformer_cross_attention_layers[layer](
-                output, src[level], memory_mask=attn_mask, memory_key_padding_mask=None,
-                pos=pos[level], query_pos=query_embed,
-            )
-            output = self.transformer_self_attention_layers[layer](output, query_pos=query_embed)
-            output = self.transformer_ffn_layers[layer](output)
-            class_logits, mask_logits, attn_mask = self.forward_prediction_heads(
-                output, mask_features, sizes[(layer + 1) % levels]
-            )
-            classes.append(class_logits)
-            masks.append(mask_logits)
 
-        return {
-            "pred_logits": classes[-1],
-            "pred_masks": masks[-1],
-            "aux_outputs": [{"pred_logits": c, "pred_masks": m} for c, m in zip(classes[:-1], masks[:-1])],
-        }
+        result = {"pred_logits": predictions[-1][0], "pred_masks": predictions[-1][1]}
+        if with_aux:
+            result["aux_outputs"] = [{"pred_logits": c, "pred_masks": m} for c, m in predictions[:-1]]
+        return result
 
     def forward_prediction_heads(
-        self, output: torch.Tensor, mask_features: torch.Tensor, attn_mask_target_size: Tuple[int, int]
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self, output: torch.Tensor, mask_features: torch.Tensor, attn_mask_target_size: Optional[Tuple[int, int]]
+    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """Class logits, mask logits and the next layer's attention mask from the queries.
 
         Args:
             output: query features [Q, N, C].
             mask_features: [N, mask_dim, H, W].
-            attn_mask_target_size: (h, w) of the feature level the next layer attends to.
+            attn_mask_target_size: (h, w) of the feature level the next layer attends to; None
+                after the last layer (no attention mask).
 
         Returns:
             class logits [N, Q, K+1]; mask logits [N, Q, H, W]; attention mask bool
             [N*heads, Q, h*w], True where the bilinearly resized mask probability is < 0.5
-            (= not attended), detached from the graph.
+            (= not attended), detached from the graph (None without a target size).
         """
         class_logits, mask_embedding = self.query_heads(output)
         mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embedding, mask_features)
+        if attn_mask_target_size is None:
+            return class_logits, mask_logits, None
         resized = F.interpolate(mask_logits, size=attn_mask_target_size, mode="bilinear", align_corners=False)
         return class_logits, mask_logits, self.attention_mask(resized.flatten(2))
+
+    def resized_mask_logits(
+        self, output: torch.Tensor, mask_features: torch.Tensor, size: Tuple[int, int]
+    ) -> torch.Tensor:
+        """Mask logits [N, Q, h*w] bilinearly resized to ``size`` = (h, w), as
+        :meth:`forward_prediction_heads` resizes them, computed on the pixels the resize reads.
+
+        When the stride-4 grid is an even multiple f of (h, w) in both directions (inputs padded
+        to the backbone's size divisibility), output pixel i reads input pixels f*i + f/2 - 1 and
+        f*i + f/2 with weight 1/2 each (align_corners=False), so only those rows and columns of
+        ``mask_features`` [N, mask_dim, H, W] enter the einsum; the same 2x-downsampling of them
+        gives the same values. Other ratios take the full einsum.
+        """
+        _, mask_embedding = self.query_heads(output)
+        height, width = mask_features.shape[-2:]
+        factor_y, factor_x = height // size[0], width // size[1]
+        exact = (factor_y * size[0], factor_x * size[1]) == (height, width)
+        if exact and factor_y % 2 == 0 and factor_x % 2 == 0 and min(factor_y, factor_x) > 2:
+            mask_features = mask_features[:, :, _read_pixels(size[0], factor_y)][..., _read_pixels(size[1], factor_x)]
+        mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embedding, mask_features)
+        return F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False).flatten(2)
 
     def query_heads(self, output: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Class logits [N, Q, K+1] and mask embeddings [N, Q, mask_dim] of the queries [Q, N, C],
@@ -220,6 +259,13 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         for every head, detached from the graph."""
         blocked = resized_mask_logits.sigmoid() < 0.5
         return blocked.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1).detach()
+
+
+def _read_pixels(size: int, factor: int) -> torch.Tensor:
+    """Indices f*i + f/2 - 1 and f*i + f/2 for i < size: the input pixels a bilinear
+    (align_corners=False) downsampling by the even factor f reads, in order."""
+    first = torch.arange(size) * factor + factor // 2 - 1
+    return torch.stack([first, first + 1], dim=1).flatten()
 
 
 def _input_projection(in_channels: int, width: int) -> nn.Module:
