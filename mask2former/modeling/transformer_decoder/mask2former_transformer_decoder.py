@@ -243,7 +243,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         factor_y, factor_x = height // size[0], width // size[1]
         exact = (factor_y * size[0], factor_x * size[1]) == (height, width)
         if exact and factor_y % 2 == 0 and factor_x % 2 == 0 and min(factor_y, factor_x) > 2:
-            mask_features = mask_features[:, :, _read_pixels(size[0], factor_y)][..., _read_pixels(size[1], factor_x)]
+            mask_features = _read_pixels(mask_features, size, factor_y, factor_x)
         mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embedding, mask_features)
         return F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False).flatten(2)
 
@@ -261,11 +261,14 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         return blocked.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1).detach()
 
 
-def _read_pixels(size: int, factor: int) -> torch.Tensor:
-    """Indices f*i + f/2 - 1 and f*i + f/2 for i < size: the input pixels a bilinear
-    (align_corners=False) downsampling by the even factor f reads, in order."""
-    first = torch.arange(size) * factor + factor // 2 - 1
-    return torch.stack([first, first + 1], dim=1).flatten()
+def _read_pixels(features: torch.Tensor, size: Tuple[int, int], factor_y: int, factor_x: int) -> torch.Tensor:
+    """Of ``features`` [N, C, h*f_y, w*f_x], the rows f_y*i + f_y/2 - 1, f_y*i + f_y/2 and likewise
+    the columns, for (h, w) = ``size``: [N, C, 2h, 2w], the pixels a bilinear
+    (align_corners=False) downsampling by the even factors reads, in order."""
+    n, c = features.shape[:2]
+    (h, w), y, x = size, factor_y // 2 - 1, factor_x // 2 - 1
+    blocks = features.view(n, c, h, factor_y, w, factor_x)
+    return blocks[:, :, :, y : y + 2, :, x : x + 2].reshape(n, c, 2 * h, 2 * w)
 
 
 def _input_projection(in_channels: int, width: int) -> nn.Module:
