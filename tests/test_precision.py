@@ -307,3 +307,23 @@ def test_benchmark_inference_honours_precision(reference_dir, datasets_root, tmp
     assert diff["pred_logits_rel_diff"] > 1e-3
     # ... and its post-processed outputs agree with float32
     assert diff["panoptic_agreement"] >= MIN_AGREEMENT["bfloat16"]
+
+
+def test_video_predictor_honours_precision(reference_dir, coco_image, monkeypatch):
+    from mask2former.video.predictor import VideoPredictor
+
+    root = reference_dir / "thin_r50_ytvis2019_video"
+    cfg = get_cfg()
+    cfg.merge_from_file(str(root / "config.yaml"))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(root / "model.pkl"), "INPUT.MIN_SIZE_TEST", 160])
+    frames = [np.ascontiguousarray(coco_image[60:420, 8 * t: 8 * t + 480]) for t in range(3)]
+    expected = VideoPredictor(cfg)(frames)
+    cfg.TEST.PRECISION = "bfloat16"
+    predictor = VideoPredictor(cfg)
+    recorder = DtypeRecorder(predictor.model, monkeypatch)
+    actual = predictor(frames)
+    assert recorder.layers == {(torch.bfloat16,) * 3}
+    assert recorder.op_calls == {(torch.bfloat16, torch.float32, torch.float32)}
+    top = min(10, len(expected["pred_scores"]))
+    diff = np.abs(np.sort(actual["pred_scores"])[::-1][:top] - np.sort(expected["pred_scores"])[::-1][:top])
+    assert top > 0 and diff.max() < 0.1, diff
