@@ -294,14 +294,15 @@ def test_benchmark_inference_honours_precision(reference_dir, datasets_root, tmp
         sys.executable, str(REPO_ROOT / "tools" / "benchmark.py"), "--device", "cpu", "--output", str(output),
         "--config-file", str(fixture / "config.yaml"), "--task", "inference",
         "--images", str(datasets_root / "coco" / "val2017" / "000000039769.jpg"), "--num-images", "1",
-        "--warmup", "0", "--compare", "default", "dtype=bf16",
+        "--warmup", "0", "--compare", "default", "TEST.PRECISION=bfloat16",
         "MODEL.WEIGHTS", str(fixture / "model.pkl"), "INPUT.MIN_SIZE_TEST", "256", "INPUT.MAX_SIZE_TEST", "384",
     ]
     proc = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(output.read_text())
     rows = {r["setting"]: r["metrics"] for r in report["results"]}
-    assert rows["A"]["precision"] == "float32" and rows["B"]["precision"] == "bfloat16"
+    assert (rows["A"]["precision"], rows["A"]["dtype"]) == ("float32", "fp32")
+    assert (rows["B"]["precision"], rows["B"]["dtype"]) == ("bfloat16", "bf16")
     diff = next(c for c in report["comparisons"] if c["task"] == "inference")["output_difference"]
     # B really ran in bfloat16 (float32 vs float32 differs by summation order only, < 1e-4) ...
     assert diff["pred_logits_rel_diff"] > 1e-3
@@ -327,3 +328,19 @@ def test_video_predictor_honours_precision(reference_dir, coco_image, monkeypatc
     top = min(10, len(expected["pred_scores"]))
     diff = np.abs(np.sort(actual["pred_scores"])[::-1][:top] - np.sort(expected["pred_scores"])[::-1][:top])
     assert top > 0 and diff.max() < 0.1, diff
+
+
+def test_benchmark_dtype_setting_maps_to_precision_for_inference_only(reference_dir):
+    import importlib.util
+
+    from mask2former.utils.benchmark import parse_setting
+
+    spec = importlib.util.spec_from_file_location("benchmark_tool", REPO_ROOT / "tools" / "benchmark.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    config = str(reference_dir / FIXTURES[0] / "config.yaml")
+    args = tool.build_parser().parse_args(["--config-file", config, "--task", "inference", "--device", "cpu"])
+    for setting, precision in (("default", "float32"), ("dtype=bf16", "bfloat16"), ("dtype=fp16", "float16")):
+        assert tool.build_cfg(args, parse_setting(setting, "A"), "inference").TEST.PRECISION == precision
+    train = tool.build_cfg(args, parse_setting("dtype=bf16", "A"), "train")
+    assert train.TEST.PRECISION == "float32" and train.SOLVER.AMP.ENABLED and train.SOLVER.AMP.PRECISION == "bfloat16"

@@ -117,6 +117,7 @@ KEY_METRICS = {
            "forward_peak_memory_increase_mb", "forward_backward_peak_memory_increase_mb"),
 }
 AMP_PRECISION = {"fp16": "float16", "bf16": "bfloat16"}
+SHORT_DTYPES = {"float32": "fp32", **{v: k for k, v in AMP_PRECISION.items()}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -479,7 +480,9 @@ def run_inference(args, settings: Sequence[Setting], images) -> Tuple[List[Dict]
             max_speedup_from_msdeformattn=(
                 stats["mean"] / max(stats["mean"] - msda_seconds, 1e-9) if is_torch(setting) else None
             ),
-            num_images=len(images), warmup=args.warmup, dtype=setting_dtype(args, setting),
+            num_images=len(images), warmup=args.warmup,
+            # the precision the network ran in (dtype= / --dtype, or a TEST.PRECISION override)
+            dtype=SHORT_DTYPES[chosen_cfgs[setting.label].TEST.PRECISION],
             precision=chosen_cfgs[setting.label].TEST.PRECISION,
             backend=setting.backend or "torch",
             msdeformattn_impl=model_impl(args, setting) if is_torch(setting) else "pytorch (ONNX graph)",
