@@ -22,6 +22,7 @@ from mask2former.engine.evaluation import evaluate_model
 from mask2former.engine.launch import WorkerProcessError, launch
 from mask2former.engine.trainer import Trainer
 from mask2former.modeling.build import build_model
+from mask2former.modeling.precision import prepare_for_inference
 from mask2former.modeling.test_time_augmentation import SemanticSegmentorWithTTA
 
 
@@ -30,6 +31,7 @@ def main(args):
     if args.eval_only:
         model = build_model(cfg)
         Checkpointer.from_config(cfg, model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        prepare_for_inference(model, cfg.TEST.PRECISION)
         results = evaluate_model(cfg, model)
         if cfg.TEST.AUG.ENABLED:
             results.update(evaluate_model(cfg, SemanticSegmentorWithTTA(cfg, model), tag="_TTA"))

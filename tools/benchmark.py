@@ -16,6 +16,8 @@ Tasks (``--task``, one or more):
              Also the seconds spent inside the ``MSDeformAttn`` modules (projections and sampling)
              and ``max_speedup_from_msdeformattn`` = total / (total - those seconds): by Amdahl's
              law, no implementation of the op makes that setting faster end to end than this.
+             ``--dtype`` / ``dtype=`` bf16 or fp16 sets TEST.PRECISION (the network runs in that
+             dtype, see mask2former/modeling/precision.py); so does ``TEST.PRECISION=...``.
   train      seconds per ``Trainer.run_step`` (forward, loss, backward, clipping, optimizer) for
              ``--batch-size`` images cropped to ``--crop`` from the config's training set (the batches
              are loaded before timing), or synthetic images and masks with ``--synthetic``; peak
@@ -120,6 +122,7 @@ KEY_METRICS = {
            "forward_peak_memory_increase_mb", "forward_backward_peak_memory_increase_mb"),
 }
 AMP_PRECISION = {"fp16": "float16", "bf16": "bfloat16"}
+SHORT_DTYPES = {"float32": "fp32", **{v: k for k, v in AMP_PRECISION.items()}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu, cuda or cuda:N (sets MODEL.DEVICE); default cuda when available")
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES),
-                        help="autocast precision of model tasks (SOLVER.AMP for train); op inputs are cast")
+                        help="precision: TEST.PRECISION for inference, SOLVER.AMP (autocast) for train; "
+                        "op inputs are cast")
     parser.add_argument("--images", help="image directory or glob; default: DATASETS.TEST[0] from the "
                         "dataset catalog ($DETECTRON2_DATASETS)")
     parser.add_argument("--num-images", type=int, default=100, help="images for flops and inference")
@@ -188,13 +192,10 @@ def activate(setting: Setting) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def autocast(device: torch.device, dtype: str):
-    return torch.autocast(device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
-
-
 def build_cfg(args, setting: Setting, task: str):
-    """Config file + command-line overrides + the setting's overrides, with MODEL.DEVICE and, for
-    training, the batch size, crop and mixed precision of the benchmark."""
+    """Config file + command-line overrides + the setting's overrides, with MODEL.DEVICE, for
+    inference TEST.PRECISION from a bf16 / fp16 dtype and, for training, the batch size, crop and
+    mixed precision of the benchmark."""
     if not args.config_file:
         raise ValueError(f"--config-file is required for --task {task}")
     register_datasets(getattr(args, "datasets", []))
@@ -205,6 +206,8 @@ def build_cfg(args, setting: Setting, task: str):
     for change in configure_datasets(cfg):
         logger.info("Config fitted to the datasets: %s", change)
     cfg.MODEL.DEVICE = str(setting_device(args, setting))
+    if task == "inference" and setting_dtype(args, setting) != "fp32":
+        cfg.TEST.PRECISION = AMP_PRECISION[setting_dtype(args, setting)]
     if task == "train":
         cfg.SOLVER.IMS_PER_BATCH = args.batch_size or 2
         cfg.DATALOADER.NUM_WORKERS = 0
@@ -428,9 +431,11 @@ def is_torch(setting: Setting) -> bool:
 def onnxruntime_predictor(args, setting: Setting, cfg, predictor: Predictor) -> ExportedPredictor:
     """``predictor``'s model exported to ONNX (temporary directory) and loaded in ONNX Runtime with
     the setting's thread count (default: ONNX Runtime's, all cores)."""
-    device, dtype = setting_device(args, setting), setting_dtype(args, setting)
-    if device.type != "cpu" or dtype != "fp32":
-        raise ValueError(f"Setting {setting.spec!r}: backend=onnxruntime runs fp32 on the cpu, not {dtype} on {device}")
+    device, precision = setting_device(args, setting), cfg.TEST.PRECISION
+    if device.type != "cpu" or precision != "float32":
+        raise ValueError(
+            f"Setting {setting.spec!r}: backend=onnxruntime runs float32 on the cpu, not {precision} on {device}"
+        )
     with tempfile.TemporaryDirectory(prefix="benchmark_onnx_") as export_dir:
         export_model(cfg, predictor.model, "onnx", export_dir)
         return ExportedPredictor(export_dir, intra_op_num_threads=setting.threads or 0)
@@ -440,9 +445,10 @@ def run_inference(args, settings: Sequence[Setting], images) -> Tuple[List[Dict]
     """Predictor frames/s and peak memory, settings alternating image by image; with two settings
     also the worst output difference over the images. Settings with the same config share a model."""
     predictors: Dict[str, Predictor] = {}
-    chosen = {}
+    chosen, chosen_cfgs = {}, {}
     for setting in settings:
         cfg = build_cfg(args, setting, "inference")
+        chosen_cfgs[setting.label] = cfg
         key = cfg.dump()
         if key not in predictors:
             torch.manual_seed(args.seed)
@@ -452,9 +458,9 @@ def run_inference(args, settings: Sequence[Setting], images) -> Tuple[List[Dict]
             chosen[setting.label] = onnxruntime_predictor(args, setting, cfg, predictors[key])
     inputs = {s.label: sized_images(args, s, images) for s in settings}
     for setting in settings:
-        device, dtype = setting_device(args, setting), setting_dtype(args, setting)
+        device = setting_device(args, setting)
         warmup_images = inputs[setting.label]
-        with activate(setting), autocast(device, dtype):
+        with activate(setting):
             for i in range(args.warmup):
                 time_call(lambda: chosen[setting.label](warmup_images[i % len(warmup_images)][1]), device)
     # Outputs are compared when two settings produce them at the same size.
@@ -466,12 +472,12 @@ def run_inference(args, settings: Sequence[Setting], images) -> Tuple[List[Dict]
     for index, (path, _) in enumerate(images):
         outputs = {}
         for setting in settings:
-            device, dtype = setting_device(args, setting), setting_dtype(args, setting)
+            device = setting_device(args, setting)
             predictor = chosen[setting.label]
             image = inputs[setting.label][index][1]
             hook = HeadOutputs(predictor.model) if compare and is_torch(setting) else None
             timer = ModuleTimer(predictor.model if is_torch(setting) else torch.nn.Module(), MSDeformAttn, device)
-            with activate(setting), autocast(device, dtype), PeakMemory(device) as memory, timer:
+            with activate(setting), PeakMemory(device) as memory, timer:
                 seconds, output = time_call(lambda: predictor(image), device)
             times[setting.label].append(seconds)
             msda_times[setting.label].append(timer.seconds)
@@ -497,7 +503,10 @@ def run_inference(args, settings: Sequence[Setting], images) -> Tuple[List[Dict]
             max_speedup_from_msdeformattn=(
                 stats["mean"] / max(stats["mean"] - msda_seconds, 1e-9) if is_torch(setting) else None
             ),
-            num_images=len(images), warmup=args.warmup, dtype=setting_dtype(args, setting),
+            num_images=len(images), warmup=args.warmup,
+            # the precision the network ran in (dtype= / --dtype, or a TEST.PRECISION override)
+            dtype=SHORT_DTYPES[chosen_cfgs[setting.label].TEST.PRECISION],
+            precision=chosen_cfgs[setting.label].TEST.PRECISION,
             backend=setting.backend or "torch",
             image_size="x".join(str(v) for v in inputs[setting.label][0][1].shape[1::-1]),
             msdeformattn_impl=model_impl(args, setting) if is_torch(setting) else "pytorch (ONNX graph)",

@@ -47,6 +47,12 @@ def _maskformer2_defaults() -> CN:
     # "panopticapi" (the official code, optional package); Cityscapes uses cityscapesscripts.
     _C.TEST = CN()
     _C.TEST.PQ_IMPLEMENTATION = "mask2former"
+    # Inference precision of the network: "float32", "bfloat16" or "float16". The model's parameters
+    # are cast (mask2former.modeling.precision.prepare_for_inference) by Predictor, demo.py,
+    # train_net.py --eval-only and tools/benchmark.py; input normalisation, batch-norm statistics,
+    # deformable-attention sampling locations and post-processing stay float32. Training
+    # (SOLVER.AMP) and the periodic evaluation during training run the float32 model.
+    _C.TEST.PRECISION = "float32"
 
     # -------------------------------------------------------------------------------------------
     # SOLVER

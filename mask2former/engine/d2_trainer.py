@@ -64,6 +64,7 @@ from ..config import add_maskformer2_config, add_maskformer2_video_config
 from ..data.dataset_mappers import build_dataset_mapper
 from ..evaluation import COCOPanopticEvaluator as StandaloneCOCOPanopticEvaluator
 from ..evaluation import InstanceSegEvaluator
+from ..modeling.precision import prepare_for_inference
 from ..modeling.test_time_augmentation import SemanticSegmentorWithTTA
 from ..solver import build_lr_scheduler as standalone_build_lr_scheduler
 from ..solver import build_optimizer
@@ -240,6 +241,7 @@ def main(args):
         model = Detectron2Trainer.build_model(cfg)
         checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        prepare_for_inference(model, cfg.TEST.PRECISION)
         results = Detectron2Trainer.test(cfg, model)
         if cfg.TEST.AUG.ENABLED:
             results.update(Detectron2Trainer.test_with_TTA(cfg, model))

@@ -10,6 +10,7 @@ from ..checkpoint import Checkpointer
 from ..data.catalog import MetadataCatalog
 from ..data.transforms import ResizeShortestEdge
 from ..modeling.build import build_model
+from ..modeling.precision import prepare_for_inference
 
 __all__ = ["Predictor"]
 
@@ -25,12 +26,14 @@ class Predictor:
         cfg: a config node (``mask2former.config.get_cfg()`` merged with a model config).
 
     Attributes:
-        model: the model, in eval mode, on ``cfg.MODEL.DEVICE``.
+        model: the model, in eval mode, on ``cfg.MODEL.DEVICE``, its network in the
+            ``TEST.PRECISION`` dtype (:func:`~mask2former.modeling.precision.prepare_for_inference`;
+            outputs are float32 whatever the precision).
         metadata: ``MetadataCatalog.get(cfg.DATASETS.TEST[0])`` (class names and colours), or
             ``None`` when ``DATASETS.TEST`` is empty.
 
     Raises:
-        ValueError: ``INPUT.FORMAT`` is neither "RGB" nor "BGR".
+        ValueError: ``INPUT.FORMAT`` is neither "RGB" nor "BGR", or ``TEST.PRECISION`` is unknown.
         FileNotFoundError / OSError / ValueError: from :meth:`Checkpointer.load` when
             ``MODEL.WEIGHTS`` is missing, cannot be downloaded or is not a checkpoint.
 
@@ -55,6 +58,7 @@ class Predictor:
                 "MODEL.WEIGHTS is empty: predicting with random weights"
             )
         Checkpointer.from_config(cfg, self.model).load(cfg.MODEL.WEIGHTS)
+        prepare_for_inference(self.model, cfg.TEST.PRECISION)
         self.resize = ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
 
     def __call__(self, original_image: np.ndarray) -> Dict:

@@ -101,12 +101,15 @@ def ms_deform_attn_compiled(
             whenever it is a CPU tensor, the kernels check that the levels add up to ``S``; CUDA
             tensors are trusted so that the call does not synchronise with the host.
         level_start_index: integer [L], offset of each level in S; converted to int64.
-        sampling_locations: [N, Lq, heads, L, P, 2] normalised (x, y), value's dtype and device;
-            pixel coordinate ``x * W_l - 0.5``, samples outside the map read zeros.
-        attention_weights: [N, Lq, heads, L, P], value's dtype and device.
+        sampling_locations: [N, Lq, heads, L, P, 2] normalised (x, y) on value's device, in
+            value's dtype or float32 for a 16-bit value; pixel coordinate ``x * W_l - 0.5``,
+            samples outside the map read zeros.
+        attention_weights: [N, Lq, heads, L, P] on value's device, in value's or
+            sampling_locations' dtype (read in the latter).
 
     Returns:
-        [N, Lq, heads * C] in value's dtype; accumulated in float32 for 16-bit inputs.
+        [N, Lq, heads * C] in value's dtype; accumulated in float32 for 16-bit inputs. The
+        gradients of the locations and weights come in their own dtypes.
 
     Raises:
         RuntimeError: if the ``mask2former._C`` extension is not built.

@@ -3,6 +3,11 @@
 Each query attends to ``n_points`` locations per head and level, placed at learned offsets
 around its reference point, with attention weights predicted from the query (softmax over levels
 and points together) instead of query-key dot products.
+
+In a bfloat16 / float16 network (``TEST.PRECISION``) the projections run in that dtype, while the
+sampling locations (float32 reference point + offset / level size) and the attention softmax are
+computed in float32: in bfloat16 a normalised coordinate in [0.5, 1) is spaced 2^-8 apart, 0.6
+pixel on a 152-pixel level. The op samples the 16-bit values at these float32 locations.
 """
 import math
 from typing import Optional, Sequence, Tuple
@@ -78,7 +83,8 @@ class MSDeformAttn(nn.Module):
         Args:
             query: [N, Lq, d_model] (query features, positional embedding included).
             reference_points: [N, Lq, L, 2], normalised (x, y) in [0, 1] per level, (0, 0) the
-                top-left corner; offsets are measured in pixels of each level.
+                top-left corner; offsets are measured in pixels of each level. float32 (or the
+                query's dtype); the sampling locations are computed in float32 at least.
             input_flatten: [N, S, d_model], the L feature maps flattened and concatenated.
             input_spatial_shapes: int64 [L, 2], (H_l, W_l) of each level.
             input_level_start_index: int64 [L], start of each level in S.
@@ -88,7 +94,7 @@ class MSDeformAttn(nn.Module):
                 :func:`ms_deform_attn`), for traced or exported graphs that stay shape-generic.
 
         Returns:
-            [N, Lq, d_model].
+            [N, Lq, d_model] in the query's dtype.
 
         Raises:
             ValueError: if ``reference_points`` is not [N, Lq, L, 2], or as :func:`ms_deform_attn`.
@@ -107,14 +113,15 @@ class MSDeformAttn(nn.Module):
         value = value.view(n, len_in, self.n_heads, self.d_model // self.n_heads)
 
         grid_shape = (n, len_q, self.n_heads, self.n_levels, self.n_points)
-        sampling_offsets = self.sampling_offsets(query).view(*grid_shape, 2)
+        # float32 from here on for 16-bit queries (no-ops for float32): see the module docstring
+        sampling_offsets = self.sampling_offsets(query).view(*grid_shape, 2).float()
         attention_logits = self.attention_weights(query).view(*grid_shape[:3], self.n_levels * self.n_points)
         # softmax over levels and points together
-        attention_weights = F.softmax(attention_logits, -1).view(grid_shape)
+        attention_weights = F.softmax(attention_logits.float(), -1).view(grid_shape)
         # pixel offsets -> normalised units of each level: divide by (W_l, H_l)
         offset_normalizer = torch.stack([input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1)
         sampling_locations = (
-            reference_points[:, :, None, :, None, :]
+            reference_points[:, :, None, :, None, :].float()
             + sampling_offsets / offset_normalizer[None, None, None, :, None, :]
         )
         output = ms_deform_attn(

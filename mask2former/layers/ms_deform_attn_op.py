@@ -7,6 +7,12 @@ in [0, 1] over each level's map, with ``align_corners=False`` semantics: (0, 0) 
 corner of the top-left pixel, pixel centres sit at ((i + 0.5) / W, (j + 0.5) / H), and samples
 outside the map read zeros.
 
+Low precision: a bfloat16 / float16 ``value`` may come with float32 ``sampling_locations`` (and
+float32 or 16-bit ``attention_weights``): the features stay 16-bit while the coordinates keep
+float32's resolution (in bfloat16 a normalised coordinate in [0.5, 1) has a spacing of 2^-8, about
+0.6 pixel on a 152-pixel level). Samples are then accumulated in float32 and returned in value's
+dtype.
+
 ``ms_deform_attn`` checks the arguments and dispatches, by name, to one implementation:
 ``"pytorch"`` (:func:`ms_deform_attn_pytorch`, the executable specification, any device) or a
 compiled one added with :func:`register_ms_deform_attn_impl`.
@@ -18,6 +24,9 @@ import torch
 from torch.nn import functional as F
 
 IMPL_ENV_VAR = "MASK2FORMER_MSDA_IMPL"
+
+# value dtypes that may come with float32 sampling locations
+LOW_PRECISION_DTYPES = (torch.bfloat16, torch.float16)
 
 MSDeformAttnFn = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
@@ -36,7 +45,9 @@ def ms_deform_attn_pytorch(
     """Reference implementation: one bilinear ``F.grid_sample`` per level (zero padding,
     ``align_corners=False``), then the attention-weighted sum over levels and points.
 
-    Arguments are those of :func:`ms_deform_attn`, whose shape checks it assumes. Without
+    Arguments are those of :func:`ms_deform_attn`, whose shape checks it assumes. When the
+    locations are float32 and ``value`` is 16-bit, the value maps are sampled in float32 and the
+    result is cast back to value's dtype (what the compiled kernels compute). Without
     ``spatial_shapes_list`` it reads the level sizes from ``spatial_shapes`` and checks that they
     add up to ``S`` and agree with ``level_start_index``; with it (the same (H_l, W_l) as Python or
     symbolic sizes, as when the graph is traced or exported) no tensor is read back and the caller
@@ -55,6 +66,10 @@ def ms_deform_attn_pytorch(
     else:
         shapes = [tuple(hw) for hw in spatial_shapes_list]
     sizes = [h * w for h, w in shapes]
+    out_dtype = value.dtype
+    # grid_sample takes one dtype: the locations' (value's, or float32 for a 16-bit value)
+    value = value.to(sampling_locations.dtype)
+    attention_weights = attention_weights.to(sampling_locations.dtype)
 
     # grid_sample's grid is in [-1, 1]
     sampling_grids = 2 * sampling_locations - 1
@@ -72,7 +87,7 @@ def ms_deform_attn_pytorch(
     weights = attention_weights.transpose(1, 2).reshape(n * heads, 1, num_queries, levels * points)
     # [N*heads, C, Lq, L, P] -> [N*heads, C, Lq, L*P] -> [N, heads*C, Lq]
     output = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)
-    return output.view(n, heads * channels, num_queries).transpose(1, 2).contiguous()
+    return output.view(n, heads * channels, num_queries).transpose(1, 2).to(out_dtype).contiguous()
 
 
 def _check_level_sizes(shapes, s: int, level_start_index: torch.Tensor) -> None:
@@ -162,11 +177,17 @@ def _check_args(value, spatial_shapes, level_start_index, sampling_locations, at
             f"attention_weights must be [N, Lq, heads, L, P] = {loc_shape[:5]}, "
             f"got {tuple(attention_weights.shape)}"
         )
-    for name, t in (("sampling_locations", sampling_locations), ("attention_weights", attention_weights)):
-        if t.dtype != value.dtype or t.device != value.device:
+    mixed = value.dtype in LOW_PRECISION_DTYPES and sampling_locations.dtype == torch.float32
+    checks = (
+        ("sampling_locations", sampling_locations, "value's dtype", sampling_locations.dtype == value.dtype or mixed),
+        ("attention_weights", attention_weights, "value's or sampling_locations' dtype",
+         attention_weights.dtype in (value.dtype, sampling_locations.dtype)),
+    )
+    for name, t, dtype_rule, dtype_ok in checks:
+        if not dtype_ok or t.device != value.device:
             raise ValueError(
-                f"{name} must have value's dtype and device ({value.dtype}, {value.device}), "
-                f"got ({t.dtype}, {t.device})"
+                f"{name} must have {dtype_rule} and value's device ({value.dtype}, {value.device}; "
+                f"float32 locations are allowed with a bfloat16 / float16 value), got ({t.dtype}, {t.device})"
             )
 
 
@@ -188,8 +209,10 @@ def ms_deform_attn(
         spatial_shapes: int64 [L, 2], (H_l, W_l) of each level.
         level_start_index: int64 [L], offset of each level in S: ``[0, H_0*W_0, ...]``.
         sampling_locations: [N, Lq, heads, L, P, 2], normalised (x, y) in [0, 1] per level
-            (``align_corners=False`` convention); points outside the map sample zeros.
-        attention_weights: [N, Lq, heads, L, P], normally summing to 1 over (L, P).
+            (``align_corners=False`` convention); points outside the map sample zeros. Value's
+            dtype, or float32 when value is bfloat16 / float16.
+        attention_weights: [N, Lq, heads, L, P], normally summing to 1 over (L, P); value's or
+            sampling_locations' dtype.
         impl: ``"auto"`` (best registered implementation for ``value.device``, else
             ``"pytorch"``), ``"pytorch"`` or a name given to :func:`register_ms_deform_attn_impl`.
             None reads the environment variable ``MASK2FORMER_MSDA_IMPL`` (default ``"auto"``).
@@ -198,7 +221,8 @@ def ms_deform_attn(
             implementation then reads no tensor value, so its graph stays shape-generic.
 
     Returns:
-        [N, Lq, heads * C], heads concatenated, same dtype as ``value``.
+        [N, Lq, heads * C], heads concatenated, same dtype as ``value`` (accumulated in float32
+        at least).
 
     Raises:
         ValueError: for inconsistent shapes, dtypes or devices, or an unknown or unsuitable ``impl``.

@@ -46,7 +46,9 @@ class PositionEmbeddingSine(nn.Module):
             mask: optional bool [N, H, W], True at padding pixels.
 
         Returns:
-            float32 [N, 2 * num_pos_feats, H, W]: y-embedding channels first, then x.
+            [N, 2 * num_pos_feats, H, W], y-embedding channels first, then x: computed in float32
+            and returned in x's dtype when x is floating point (so that a bfloat16 / float16
+            network keeps 16-bit activations), float32 otherwise.
         """
         batch, _, height, width = x.shape
         valid = (
@@ -54,7 +56,7 @@ class PositionEmbeddingSine(nn.Module):
         )
         wavelengths = self._wavelengths(x.device)
         per_axis = [self._embed_axis(self._positions(valid, axis), wavelengths) for axis in (1, 2)]
-        return torch.cat(per_axis, dim=1)
+        return torch.cat(per_axis, dim=1).to(x.dtype if x.is_floating_point() else torch.float32)
 
     def _positions(self, valid: torch.Tensor, axis: int) -> torch.Tensor:
         """float32 [N, H, W] 1-based positions of valid pixels along ``axis`` (1: y, 2: x)."""

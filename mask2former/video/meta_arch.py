@@ -12,6 +12,7 @@ from ..modeling.backbone.build import build_backbone
 from ..structures import ImageList
 from ..modeling.meta_arch.common import normalized_batch, register_pixel_normalization, weighted_losses
 from ..modeling.meta_arch.mask_former_head import build_sem_seg_head
+from ..modeling.precision import float32_head_outputs, parameter_dtype
 from ..utils.registry import META_ARCH_REGISTRY
 from .criterion import VideoSetCriterion
 from .inference import video_instance_inference
@@ -108,12 +109,14 @@ class VideoMaskFormer(nn.Module):
         if not self.training and len(batched_inputs) != 1:
             raise ValueError(f"VideoMaskFormer infers one video per call, got {len(batched_inputs)}")
         images = self.preprocess_video(batched_inputs)
-        outputs = self.sem_seg_head(self.backbone(images.tensor))
+        # normalised in float32, then cast to the network's dtype (TEST.PRECISION)
+        outputs = self.sem_seg_head(self.backbone(images.tensor.to(parameter_dtype(self.backbone))))
 
         if self.training:
             targets = self.prepare_targets(batched_inputs, images)
             return weighted_losses(self.criterion, outputs, targets, owner="VideoMaskFormer")
 
+        outputs = float32_head_outputs(outputs)
         video = batched_inputs[0]
         image_size = images.image_sizes[0]
         return video_instance_inference(

@@ -28,7 +28,8 @@ class PositionEmbeddingSine3D(PositionEmbeddingSine):
             mask: optional bool [B, T, H, W], True at padding pixels.
 
         Returns:
-            float32 [B, T, 2 * num_pos_feats, H, W].
+            [B, T, 2 * num_pos_feats, H, W], in x's dtype when it is floating point (computed in
+            float32), else float32.
 
         Raises:
             ValueError: ``x`` is not 5-dimensional.
@@ -48,4 +49,4 @@ class PositionEmbeddingSine3D(PositionEmbeddingSine):
         dim_t = self.temperature ** (2 * (dim_t // 2) / num_feats)
         pos_z = z_embed[..., None] / dim_t
         pos_z = torch.stack((pos_z[..., 0::2].sin(), pos_z[..., 1::2].cos()), dim=5).flatten(4)
-        return pos_yx + pos_z.permute(0, 1, 4, 2, 3)
+        return (pos_yx.float() + pos_z.permute(0, 1, 4, 2, 3)).to(pos_yx.dtype)

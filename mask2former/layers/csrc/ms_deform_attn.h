@@ -6,10 +6,14 @@
 //   value               [N, S, M, D]         float
 //   spatial_shapes      [L, 2]               int64, (H_l, W_l)
 //   level_start_index   [L]                  int64, offset of level l in S
-//   sampling_locations  [N, Lq, M, L, P, 2]  value's dtype, normalised (x, y); pixel coordinate
-//                                            x * W_l - 0.5 (align_corners=False), zeros outside
-//   attention_weights   [N, Lq, M, L, P]     value's dtype
+//   sampling_locations  [N, Lq, M, L, P, 2]  value's dtype, or float32 for a 16-bit value ("mixed":
+//                                            16-bit features, float32 coordinates); normalised
+//                                            (x, y), pixel coordinate x * W_l - 0.5
+//                                            (align_corners=False), zeros outside
+//   attention_weights   [N, Lq, M, L, P]     value's dtype or sampling_locations' dtype
 //   output              [N, Lq, M * D]       value's dtype
+// The kernels read the weights in the locations' dtype (the entry points convert 16-bit weights
+// that come with float32 locations) and accumulate in the op-math type (float for 16-bit types).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -28,6 +32,11 @@ struct MSDeformAttnSizes {
   int64_t levels;    // L
   int64_t points;    // P
 };
+
+// attention_weights in sampling_locations' dtype, the one the kernels read them in.
+inline at::Tensor weights_in_coord_dtype(const at::Tensor& attention_weights, const at::Tensor& sampling_locations) {
+  return attention_weights.to(sampling_locations.scalar_type()).contiguous();
+}
 
 inline MSDeformAttnSizes get_sizes(const at::Tensor& value, const at::Tensor& sampling_locations) {
   return MSDeformAttnSizes{
@@ -97,11 +106,15 @@ inline void check_ms_deform_attn_args(
       attention_weights.sizes() == sampling_locations.sizes().slice(0, 5),
       "attention_weights must be [N, Lq, heads, L, P] = ", sampling_locations.sizes().slice(0, 5),
       ", got ", attention_weights.sizes());
+  const auto dtype = value.scalar_type();
+  const auto coord_dtype = sampling_locations.scalar_type();
+  const bool mixed = (dtype == at::kBFloat16 || dtype == at::kHalf) && coord_dtype == at::kFloat;
   TORCH_CHECK_VALUE(
-      sampling_locations.scalar_type() == value.scalar_type() &&
-          attention_weights.scalar_type() == value.scalar_type(),
-      "sampling_locations and attention_weights must have value's dtype ", value.scalar_type(),
-      ", got ", sampling_locations.scalar_type(), " and ", attention_weights.scalar_type());
+      (coord_dtype == dtype || mixed) &&
+          (attention_weights.scalar_type() == dtype || attention_weights.scalar_type() == coord_dtype),
+      "sampling_locations must have value's dtype ", dtype,
+      " (or float32 for a bfloat16 / float16 value) and attention_weights value's or "
+      "sampling_locations' dtype, got ", coord_dtype, " and ", attention_weights.scalar_type());
   TORCH_CHECK_VALUE(
       sampling_locations.device() == value.device() && attention_weights.device() == value.device(),
       "sampling_locations and attention_weights must be on value's device ", value.device());

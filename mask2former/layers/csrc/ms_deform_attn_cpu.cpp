@@ -61,7 +61,7 @@ at::Tensor ms_deform_attn_forward_cpu(
   const auto shapes_c = spatial_shapes.contiguous();
   const auto starts_c = level_start_index.contiguous();
   const auto locations_c = sampling_locations.contiguous();
-  const auto weights_c = attention_weights.contiguous();
+  const auto weights_c = weights_in_coord_dtype(attention_weights, sampling_locations);
   cpu_kernels().forward(sz, value_c, shapes_c, starts_c, locations_c, weights_c, output);
   return output;
 }
@@ -79,9 +79,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   const MSDeformAttnSizes sz = get_sizes(value, sampling_locations);
   const auto dtype = value.scalar_type();
   auto grad_locations = at::zeros(sampling_locations.sizes(), sampling_locations.options());
-  auto grad_weights = at::zeros(attention_weights.sizes(), attention_weights.options());
+  auto grad_weights = at::zeros(attention_weights.sizes(), sampling_locations.options());
   if (sz.batch * sz.heads * sz.queries == 0) {
-    return {at::zeros(value.sizes(), value.options()), grad_locations, grad_weights};
+    return {at::zeros(value.sizes(), value.options()), grad_locations,
+            grad_weights.to(attention_weights.scalar_type())};
   }
   const int64_t pairs = sz.batch * sz.heads;
   const int64_t wanted_chunks = (at::get_num_threads() + pairs - 1) / pairs;
@@ -93,13 +94,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   const auto shapes_c = spatial_shapes.contiguous();
   const auto starts_c = level_start_index.contiguous();
   const auto locations_c = sampling_locations.contiguous();
-  const auto weights_c = attention_weights.contiguous();
+  const auto weights_c = weights_in_coord_dtype(attention_weights, sampling_locations);
   const auto grad_output_c = grad_output.contiguous();
   cpu_kernels().backward(
       sz, chunks, value_c, shapes_c, starts_c, locations_c, weights_c, grad_output_c, grad_value_acc,
       grad_locations, grad_weights);
   auto grad_value = chunks == 1 ? grad_value_acc.select(1, 0) : grad_value_acc.sum(1);
-  return {grad_value.to(dtype), grad_locations, grad_weights};
+  return {grad_value.to(dtype), grad_locations, grad_weights.to(attention_weights.scalar_type())};
 }
 
 }  // namespace

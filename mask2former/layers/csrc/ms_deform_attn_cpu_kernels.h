@@ -5,6 +5,8 @@
 //
 // Forward: at::parallel_for over (batch, query); each task accumulates the P * L bilinear samples of
 // every head in an accumulator of the op-math type (float for bfloat16 / half).
+// Value (and grad_output) are scalar_t; sampling locations and attention weights (and their
+// gradients) are coord_t: scalar_t, or float for a 16-bit scalar_t (float32 coordinates).
 // Backward: grad_sampling_locations and grad_attention_weights belong to one (batch, query, head)
 // each, but grad_value is scattered; tasks own one (batch, head) and a chunk of queries, and every
 // chunk accumulates into its own grad_value slice, summed afterwards, so no two threads write to the
@@ -48,14 +50,14 @@ inline void add_bilinear_sample(
   }
 }
 
-template <int64_t kChannels, typename scalar_t>
+template <int64_t kChannels, typename scalar_t, typename coord_t>
 void forward_kernel(
     const MSDeformAttnSizes& sz,
     const scalar_t* value,
     const int64_t* shapes,
     const int64_t* starts,
-    const scalar_t* locations,
-    const scalar_t* weights,
+    const coord_t* locations,
+    const coord_t* weights,
     scalar_t* output) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t channels = sz.channels;
@@ -68,18 +70,20 @@ void forward_kernel(
       const int64_t n = nq / sz.queries;
       for (int64_t m = 0; m < sz.heads; ++m) {
         const int64_t nqm = nq * sz.heads + m;
-        const scalar_t* loc = locations + nqm * level_points * 2;
-        const scalar_t* attn = weights + nqm * level_points;
+        const coord_t* loc = locations + nqm * level_points * 2;
+        const coord_t* attn = weights + nqm * level_points;
         std::fill(acc.begin(), acc.end(), acc_t(0));
         for (int64_t l = 0; l < sz.levels; ++l) {
           const scalar_t* value_l = value + (n * sz.spatial + starts[l]) * pixel_stride + m * channels;
           for (int64_t p = 0; p < sz.points; ++p) {
             const int64_t lp = l * sz.points + p;
             BilinearCorners<acc_t> c;
-            if (!bilinear_corners<acc_t>(loc[2 * lp], loc[2 * lp + 1], shapes[2 * l], shapes[2 * l + 1], c)) {
+            if (!bilinear_corners<acc_t>(
+                    static_cast<acc_t>(loc[2 * lp]), static_cast<acc_t>(loc[2 * lp + 1]), shapes[2 * l],
+                    shapes[2 * l + 1], c)) {
               continue;
             }
-            const acc_t a = attn[lp];
+            const acc_t a = static_cast<acc_t>(attn[lp]);
             const scalar_t* v[4];
             acc_t coef[4];
             for (int k = 0; k < 4; ++k) {
@@ -131,19 +135,19 @@ void dot4(
 
 // grad_value_acc is [N, chunks, S, M, D] in the op-math type; chunk c of (n, m) covers queries
 // [c * Lq / chunks, (c + 1) * Lq / chunks).
-template <typename scalar_t>
+template <typename scalar_t, typename coord_t>
 void backward_kernel(
     const MSDeformAttnSizes& sz,
     int64_t chunks,
     const scalar_t* value,
     const int64_t* shapes,
     const int64_t* starts,
-    const scalar_t* locations,
-    const scalar_t* weights,
+    const coord_t* locations,
+    const coord_t* weights,
     const scalar_t* grad_output,
     at::opmath_type<scalar_t>* grad_value_acc,
-    scalar_t* grad_locations,
-    scalar_t* grad_weights) {
+    coord_t* grad_locations,
+    coord_t* grad_weights) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t channels = sz.channels;
   const int64_t pixel_stride = sz.heads * channels;
@@ -160,8 +164,8 @@ void backward_kernel(
       acc_t* grad_value_nm = grad_value_acc + (n * chunks + chunk) * sz.spatial * pixel_stride + m * channels;
       for (int64_t q = q_begin; q < q_end; ++q) {
         const int64_t nqm = (n * sz.queries + q) * sz.heads + m;
-        const scalar_t* loc = locations + nqm * level_points * 2;
-        const scalar_t* attn = weights + nqm * level_points;
+        const coord_t* loc = locations + nqm * level_points * 2;
+        const coord_t* attn = weights + nqm * level_points;
         const scalar_t* g = grad_output + nqm * channels;
         for (int64_t d = 0; d < channels; ++d) {
           grad_out[d] = static_cast<acc_t>(g[d]);
@@ -174,10 +178,11 @@ void backward_kernel(
           for (int64_t p = 0; p < sz.points; ++p) {
             const int64_t lp = l * sz.points + p;
             BilinearCorners<acc_t> c;
-            if (!bilinear_corners<acc_t>(loc[2 * lp], loc[2 * lp + 1], height, width, c)) {
+            if (!bilinear_corners<acc_t>(
+                    static_cast<acc_t>(loc[2 * lp]), static_cast<acc_t>(loc[2 * lp + 1]), height, width, c)) {
               continue;
             }
-            const acc_t a = attn[lp];
+            const acc_t a = static_cast<acc_t>(attn[lp]);
             const scalar_t* v[4];
             for (int k = 0; k < 4; ++k) {
               v[k] = c.pixel[k] >= 0 ? value_l + c.pixel[k] * pixel_stride : zeros.data();
@@ -192,9 +197,9 @@ void backward_kernel(
             const acc_t grad_x = (1 - c.fy) * (dot[1] - dot[0]) + c.fy * (dot[3] - dot[2]);
             const acc_t grad_y = (1 - c.fx) * (dot[2] - dot[0]) + c.fx * (dot[3] - dot[1]);
             const int64_t point = nqm * level_points + lp;
-            grad_weights[point] = static_cast<scalar_t>(grad_a);
-            grad_locations[2 * point] = static_cast<scalar_t>(a * grad_x * static_cast<acc_t>(width));
-            grad_locations[2 * point + 1] = static_cast<scalar_t>(a * grad_y * static_cast<acc_t>(height));
+            grad_weights[point] = static_cast<coord_t>(grad_a);
+            grad_locations[2 * point] = static_cast<coord_t>(a * grad_x * static_cast<acc_t>(width));
+            grad_locations[2 * point + 1] = static_cast<coord_t>(a * grad_y * static_cast<acc_t>(height));
             for (int k = 0; k < 4; ++k) {
               if (c.pixel[k] < 0) {
                 continue;
@@ -212,8 +217,21 @@ void backward_kernel(
   });
 }
 
-// Runs the forward kernel of value's dtype: value [N, S, M, D], locations, weights and output
-// contiguous; output [N, Lq, M * D] is fully written.
+// Calls body(scalar_t{}, coord_t{}) with scalar_t the value's dtype and coord_t the locations'
+// dtype: scalar_t itself, or float (the op-math type) for 16-bit values with float32 locations.
+template <typename Body>
+void dispatch_value_and_coord(const at::Tensor& value, const at::Tensor& sampling_locations, const Body& body) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, value.scalar_type(), "ms_deform_attn", [&] {
+    if (sampling_locations.scalar_type() == value.scalar_type()) {
+      body(scalar_t{}, scalar_t{});
+    } else {
+      body(scalar_t{}, at::opmath_type<scalar_t>{});
+    }
+  });
+}
+
+// Runs the forward kernel of value's dtype: value [N, S, M, D], locations, weights (in the
+// locations' dtype) and output contiguous; output [N, Lq, M * D] is fully written.
 void run_forward_kernel(
     const MSDeformAttnSizes& sz,
     const at::Tensor& value,
@@ -222,18 +240,22 @@ void run_forward_kernel(
     const at::Tensor& sampling_locations,
     const at::Tensor& attention_weights,
     at::Tensor& output) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
+  dispatch_value_and_coord(value, sampling_locations, [&](auto s, auto c) {
+    using scalar_t = decltype(s);
+    using coord_t = decltype(c);
     // 32 channels per head: Mask2Former's and Deformable DETR's 256 dims / 8 heads
-    const auto kernel = sz.channels == 32 ? forward_kernel<32, scalar_t> : forward_kernel<0, scalar_t>;
+    const auto kernel =
+        sz.channels == 32 ? forward_kernel<32, scalar_t, coord_t> : forward_kernel<0, scalar_t, coord_t>;
     kernel(
         sz, value.const_data_ptr<scalar_t>(), spatial_shapes.const_data_ptr<int64_t>(),
-        level_start_index.const_data_ptr<int64_t>(), sampling_locations.const_data_ptr<scalar_t>(),
-        attention_weights.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>());
+        level_start_index.const_data_ptr<int64_t>(), sampling_locations.const_data_ptr<coord_t>(),
+        attention_weights.const_data_ptr<coord_t>(), output.mutable_data_ptr<scalar_t>());
   });
 }
 
-// Runs the backward kernel of value's dtype on contiguous inputs; grad_value_acc is
-// [N, chunks, S, M, D] in the op-math type, zero-initialised like grad_locations and grad_weights.
+// Runs the backward kernel of value's dtype on contiguous inputs (weights, grad_locations and
+// grad_weights in the locations' dtype); grad_value_acc is [N, chunks, S, M, D] in the op-math
+// type, zero-initialised like grad_locations and grad_weights.
 void run_backward_kernel(
     const MSDeformAttnSizes& sz,
     int64_t chunks,
@@ -246,13 +268,15 @@ void run_backward_kernel(
     at::Tensor& grad_value_acc,
     at::Tensor& grad_locations,
     at::Tensor& grad_weights) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
-    backward_kernel<scalar_t>(
+  dispatch_value_and_coord(value, sampling_locations, [&](auto s, auto c) {
+    using scalar_t = decltype(s);
+    using coord_t = decltype(c);
+    backward_kernel<scalar_t, coord_t>(
         sz, chunks, value.const_data_ptr<scalar_t>(), spatial_shapes.const_data_ptr<int64_t>(),
-        level_start_index.const_data_ptr<int64_t>(), sampling_locations.const_data_ptr<scalar_t>(),
-        attention_weights.const_data_ptr<scalar_t>(), grad_output.const_data_ptr<scalar_t>(),
+        level_start_index.const_data_ptr<int64_t>(), sampling_locations.const_data_ptr<coord_t>(),
+        attention_weights.const_data_ptr<coord_t>(), grad_output.const_data_ptr<scalar_t>(),
         grad_value_acc.mutable_data_ptr<at::opmath_type<scalar_t>>(),
-        grad_locations.mutable_data_ptr<scalar_t>(), grad_weights.mutable_data_ptr<scalar_t>());
+        grad_locations.mutable_data_ptr<coord_t>(), grad_weights.mutable_data_ptr<coord_t>());
   });
 }
 

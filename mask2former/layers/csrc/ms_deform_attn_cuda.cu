@@ -1,7 +1,8 @@
 // CUDA kernels of multi-scale deformable attention (Zhu et al., "Deformable DETR", ICLR 2021, Eq. 2),
 // registered as the CUDA implementations of mask2former::ms_deform_attn_{forward,backward}.
 // float32 / float64 / float16 / bfloat16, accumulating in the op-math type (float for the 16-bit
-// types).
+// types). Sampling locations and attention weights (coord_t) are the value's dtype, or float32 for
+// 16-bit values.
 //
 // Forward: one thread per output element (batch, query, head, channel); the threads of a warp read
 // consecutive channels of a pixel, so value loads are coalesced.
@@ -40,14 +41,14 @@ __device__ __forceinline__ acc_t warp_sum(acc_t x) {
   return x;
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename coord_t>
 __global__ void __launch_bounds__(kThreadsPerBlock) forward_kernel(
     const MSDeformAttnSizes sz,
     const scalar_t* __restrict__ value,
     const int64_t* __restrict__ shapes,
     const int64_t* __restrict__ starts,
-    const scalar_t* __restrict__ locations,
-    const scalar_t* __restrict__ weights,
+    const coord_t* __restrict__ locations,
+    const coord_t* __restrict__ weights,
     scalar_t* __restrict__ output) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t pixel_stride = sz.heads * sz.channels;
@@ -60,8 +61,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock) forward_kernel(
     const int64_t nqm = index / sz.channels;
     const int64_t m = nqm % sz.heads;
     const int64_t n = nqm / (sz.heads * sz.queries);
-    const scalar_t* loc = locations + nqm * level_points * 2;
-    const scalar_t* attn = weights + nqm * level_points;
+    const coord_t* loc = locations + nqm * level_points * 2;
+    const coord_t* attn = weights + nqm * level_points;
     acc_t acc = 0;
     for (int64_t l = 0; l < sz.levels; ++l) {
       const scalar_t* value_l = value + (n * sz.spatial + starts[l]) * pixel_stride + m * sz.channels + d;
@@ -87,18 +88,18 @@ __global__ void __launch_bounds__(kThreadsPerBlock) forward_kernel(
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, typename coord_t>
 __global__ void __launch_bounds__(kThreadsPerBlock) backward_kernel(
     const MSDeformAttnSizes sz,
     const scalar_t* __restrict__ value,
     const int64_t* __restrict__ shapes,
     const int64_t* __restrict__ starts,
-    const scalar_t* __restrict__ locations,
-    const scalar_t* __restrict__ weights,
+    const coord_t* __restrict__ locations,
+    const coord_t* __restrict__ weights,
     const scalar_t* __restrict__ grad_output,
     at::opmath_type<scalar_t>* __restrict__ grad_value,
-    scalar_t* __restrict__ grad_locations,
-    scalar_t* __restrict__ grad_weights) {
+    coord_t* __restrict__ grad_locations,
+    coord_t* __restrict__ grad_weights) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t pixel_stride = sz.heads * sz.channels;
   const int64_t level_points = sz.levels * sz.points;
@@ -111,8 +112,8 @@ __global__ void __launch_bounds__(kThreadsPerBlock) backward_kernel(
        nqm += group_stride) {
     const int64_t m = nqm % sz.heads;
     const int64_t n = nqm / (sz.heads * sz.queries);
-    const scalar_t* loc = locations + nqm * level_points * 2;
-    const scalar_t* attn = weights + nqm * level_points;
+    const coord_t* loc = locations + nqm * level_points * 2;
+    const coord_t* attn = weights + nqm * level_points;
     const scalar_t* grad_out = grad_output + nqm * sz.channels;
     for (int64_t l = 0; l < sz.levels; ++l) {
       const int64_t height = shapes[2 * l];
@@ -153,13 +154,26 @@ __global__ void __launch_bounds__(kThreadsPerBlock) backward_kernel(
         grad_y = warp_sum(grad_y);
         if (lane == 0) {
           const int64_t point = nqm * level_points + lp;
-          grad_weights[point] = static_cast<scalar_t>(grad_a);
-          grad_locations[2 * point] = static_cast<scalar_t>(a * grad_x * static_cast<acc_t>(width));
-          grad_locations[2 * point + 1] = static_cast<scalar_t>(a * grad_y * static_cast<acc_t>(height));
+          grad_weights[point] = static_cast<coord_t>(grad_a);
+          grad_locations[2 * point] = static_cast<coord_t>(a * grad_x * static_cast<acc_t>(width));
+          grad_locations[2 * point + 1] = static_cast<coord_t>(a * grad_y * static_cast<acc_t>(height));
         }
       }
     }
   }
+}
+
+// Calls body(scalar_t{}, coord_t{}) with scalar_t the value's dtype and coord_t the locations'
+// dtype: scalar_t itself, or float (the op-math type) for 16-bit values with float32 locations.
+template <typename Body>
+void dispatch_value_and_coord(const at::Tensor& value, const at::Tensor& sampling_locations, const Body& body) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn", [&] {
+    if (sampling_locations.scalar_type() == value.scalar_type()) {
+      body(scalar_t{}, scalar_t{});
+    } else {
+      body(scalar_t{}, at::opmath_type<scalar_t>{});
+    }
+  });
 }
 
 void check_cuda(const at::Tensor& value) {
@@ -185,14 +199,15 @@ at::Tensor ms_deform_attn_forward_cuda(
   const auto shapes_c = spatial_shapes.to(value.device()).contiguous();
   const auto starts_c = level_start_index.to(value.device()).contiguous();
   const auto locations_c = sampling_locations.contiguous();
-  const auto weights_c = attention_weights.contiguous();
+  const auto weights_c = weights_in_coord_dtype(attention_weights, sampling_locations);
   const auto stream = at::cuda::getCurrentCUDAStream();
-  const auto dtype = value.scalar_type();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "ms_deform_attn_forward_cuda", [&] {
-    forward_kernel<scalar_t><<<num_blocks(output.numel()), kThreadsPerBlock, 0, stream>>>(
+  dispatch_value_and_coord(value, sampling_locations, [&](auto s, auto c) {
+    using scalar_t = decltype(s);
+    using coord_t = decltype(c);
+    forward_kernel<scalar_t, coord_t><<<num_blocks(output.numel()), kThreadsPerBlock, 0, stream>>>(
         sz, value_c.const_data_ptr<scalar_t>(), shapes_c.const_data_ptr<int64_t>(),
-        starts_c.const_data_ptr<int64_t>(), locations_c.const_data_ptr<scalar_t>(),
-        weights_c.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>());
+        starts_c.const_data_ptr<int64_t>(), locations_c.const_data_ptr<coord_t>(),
+        weights_c.const_data_ptr<coord_t>(), output.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return output;
@@ -213,28 +228,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   const auto dtype = value.scalar_type();
   auto grad_value = at::zeros(value.sizes(), value.options().dtype(at::toOpMathType(dtype)));
   auto grad_locations = at::zeros(sampling_locations.sizes(), sampling_locations.options());
-  auto grad_weights = at::zeros(attention_weights.sizes(), attention_weights.options());
+  auto grad_weights = at::zeros(attention_weights.sizes(), sampling_locations.options());
   const int64_t groups = sz.batch * sz.queries * sz.heads;
   if (groups == 0) {
-    return {grad_value.to(dtype), grad_locations, grad_weights};
+    return {grad_value.to(dtype), grad_locations, grad_weights.to(attention_weights.scalar_type())};
   }
   const auto value_c = value.contiguous();
   const auto shapes_c = spatial_shapes.to(value.device()).contiguous();
   const auto starts_c = level_start_index.to(value.device()).contiguous();
   const auto locations_c = sampling_locations.contiguous();
-  const auto weights_c = attention_weights.contiguous();
+  const auto weights_c = weights_in_coord_dtype(attention_weights, sampling_locations);
   const auto grad_output_c = grad_output.contiguous();
   const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "ms_deform_attn_backward_cuda", [&] {
-    backward_kernel<scalar_t><<<num_blocks(groups * kWarpSize), kThreadsPerBlock, 0, stream>>>(
+  dispatch_value_and_coord(value, sampling_locations, [&](auto s, auto c) {
+    using scalar_t = decltype(s);
+    using coord_t = decltype(c);
+    backward_kernel<scalar_t, coord_t><<<num_blocks(groups * kWarpSize), kThreadsPerBlock, 0, stream>>>(
         sz, value_c.const_data_ptr<scalar_t>(), shapes_c.const_data_ptr<int64_t>(),
-        starts_c.const_data_ptr<int64_t>(), locations_c.const_data_ptr<scalar_t>(),
-        weights_c.const_data_ptr<scalar_t>(), grad_output_c.const_data_ptr<scalar_t>(),
-        grad_value.mutable_data_ptr<at::opmath_type<scalar_t>>(), grad_locations.mutable_data_ptr<scalar_t>(),
-        grad_weights.mutable_data_ptr<scalar_t>());
+        starts_c.const_data_ptr<int64_t>(), locations_c.const_data_ptr<coord_t>(),
+        weights_c.const_data_ptr<coord_t>(), grad_output_c.const_data_ptr<scalar_t>(),
+        grad_value.mutable_data_ptr<at::opmath_type<scalar_t>>(), grad_locations.mutable_data_ptr<coord_t>(),
+        grad_weights.mutable_data_ptr<coord_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {grad_value.to(dtype), grad_locations, grad_weights};
+  return {grad_value.to(dtype), grad_locations, grad_weights.to(attention_weights.scalar_type())};
 }
 
 }  // namespace

@@ -93,11 +93,12 @@ def window_reverse(windows: torch.Tensor, window_size: int, H: int, W: int) -> t
 
 
 def shifted_window_mask(
-    Hp: int, Wp: int, window_size: int, shift_size: int, device=None
+    Hp: int, Wp: int, window_size: int, shift_size: int, device=None, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """Additive attention mask [nW, window_size², window_size²] for windows shifted by
-    ``shift_size`` on a padded Hp x Wp map: 0 between tokens of the same pre-roll region,
-    -100 otherwise (the value of the original implementation, not -inf)."""
+    """Additive attention mask [nW, window_size², window_size²] in ``dtype`` (that of the
+    attention logits it is added to) for windows shifted by ``shift_size`` on a padded Hp x Wp
+    map: 0 between tokens of the same pre-roll region, -100 otherwise (the value of the original
+    implementation, not -inf; exact in bfloat16 and float16)."""
 
     def regions(n: int) -> torch.Tensor:
         # 0 for [0, n - window), 1 for [n - window, n - shift), 2 for [n - shift, n).
@@ -107,7 +108,7 @@ def shifted_window_mask(
     labels = regions(Hp)[:, None] * 3 + regions(Wp)[None, :]
     labels = window_partition(labels[None, :, :, None], window_size).squeeze(-1)
     mask = labels[:, None, :] != labels[:, :, None]
-    return torch.zeros(mask.shape, device=device).masked_fill_(mask, -100.0)
+    return torch.zeros(mask.shape, device=device, dtype=dtype).masked_fill_(mask, -100.0)
 
 
 class WindowAttention(nn.Module):
@@ -271,7 +272,7 @@ class SwinStage(nn.Module):
         ws = self.window_size
         # ceil division without negative operands (ONNX's integer Div truncates instead of flooring)
         Hp, Wp = (H + ws - 1) // ws * ws, (W + ws - 1) // ws * ws
-        attn_mask = shifted_window_mask(Hp, Wp, ws, self.shift_size, device=x.device)
+        attn_mask = shifted_window_mask(Hp, Wp, ws, self.shift_size, device=x.device, dtype=x.dtype)
         for blk in self.blocks:
             if self.use_checkpoint and x.requires_grad:
                 x = checkpoint(blk, x, H, W, attn_mask, use_reentrant=False)

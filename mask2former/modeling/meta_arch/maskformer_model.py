@@ -13,6 +13,7 @@ from ...utils.registry import META_ARCH_REGISTRY
 from ..backbone.build import build_backbone
 from ..criterion import SetCriterion
 from ..postprocessing import mask_classification_inference
+from ..precision import float32_head_outputs, parameter_dtype
 from .common import normalized_batch, register_pixel_normalization, weighted_losses
 from .mask_former_head import build_sem_seg_head
 
@@ -145,13 +146,16 @@ class MaskFormer(nn.Module):
             RuntimeError: training without a criterion.
         """
         images = self.preprocess_image(batched_inputs)
-        outputs = self.sem_seg_head(self.backbone(images.tensor))
+        # normalised in float32, then cast to the network's dtype (TEST.PRECISION)
+        outputs = self.sem_seg_head(self.backbone(images.tensor.to(parameter_dtype(self.backbone))))
         if self.training:
             targets = None
             if "instances" in batched_inputs[0]:
                 targets = self.prepare_targets([x["instances"].to(self.device) for x in batched_inputs], images)
             return weighted_losses(self.criterion, outputs, targets, owner="MaskFormer")
 
+        # post-processing in float32, whatever the network's dtype
+        outputs = float32_head_outputs(outputs)
         # Mask logits at the padded input resolution; each image's inference crops its own part.
         padded_masks = F.interpolate(
             outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from ...config import configurable
 from ...layers import Conv2d, MSDeformAttn, PositionEmbeddingSine, ShapeSpec, c2_xavier_fill, get_norm
 from ...utils.registry import PIXEL_DECODER_REGISTRY
+from ..precision import parameter_dtype
 
 
 def _sizes_to_tensor(shapes: Sequence[Tuple[int, int]], device: torch.device) -> torch.Tensor:
@@ -190,7 +191,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
     (``transformer``). Finer input maps down to ``common_stride`` are then merged top-down:
     lateral 1x1 conv (``adapter_i``) + bilinearly upsampled coarser output, then a 3x3 conv + ReLU
     (``layer_i``). A 1x1 conv (``mask_features``) maps the finest output to ``mask_dim`` channels.
-    Always runs in float32 (autocast disabled).
+    Runs with autocast disabled, as published: in float32, or in the dtype of its parameters when
+    they were cast for low-precision inference (``TEST.PRECISION``).
     """
 
     @configurable
@@ -325,7 +327,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         """
         Args:
             features: backbone maps [N, C_f, H/stride_f, W/stride_f] for every name in
-                ``in_features`` (any float dtype; computed in float32).
+                ``in_features`` (any float dtype; computed in the parameters' dtype).
 
         Returns:
             mask_features: [N, mask_dim, H/common_stride, W/common_stride];
@@ -339,12 +341,13 @@ class MSDeformAttnPixelDecoder(nn.Module):
         if missing:
             raise KeyError(f"MSDeformAttnPixelDecoder: features {missing} missing; got {sorted(features)}")
         with torch.autocast(features[self.in_features[0]].device.type, enabled=False):
-            return self._forward_float32(features)
+            return self._forward(features)
 
-    def _forward_float32(self, features: Dict[str, torch.Tensor]):
+    def _forward(self, features: Dict[str, torch.Tensor]):
+        dtype = parameter_dtype(self)
         srcs, pos = [], []
         for proj, name in zip(self.input_proj, self.transformer_in_features[::-1]):
-            x = features[name].float()
+            x = features[name].to(dtype)
             srcs.append(proj(x))
             pos.append(self.pe_layer(x))
         memory = self.transformer(srcs, pos)
@@ -358,7 +361,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         for lateral_conv, output_conv, name in zip(
             self.lateral_convs, self.output_convs, self.in_features[: self.num_fpn_levels][::-1]
         ):
-            cur_fpn = lateral_conv(features[name].float())
+            cur_fpn = lateral_conv(features[name].to(dtype))
             upsampled = F.interpolate(out[-1], size=cur_fpn.shape[-2:], mode="bilinear", align_corners=False)
             out.append(output_conv(cur_fpn + upsampled))
         return self.mask_features(out[-1]), out[0], out[: self.maskformer_num_feature_levels]
