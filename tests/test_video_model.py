@@ -46,6 +46,7 @@ def test_end_to_end_parity_with_published_video_model(fixture_model):
     assert isinstance(model, VideoMaskFormer)
     assert isinstance(model.sem_seg_head.predictor, VideoMultiScaleMaskedTransformerDecoder)
     raw, attn_masks = {}, []
+    model.sem_seg_head.predictor.return_aux_outputs = True  # compared with the fixture's aux outputs
     hooks = [model.sem_seg_head.register_forward_hook(lambda m, a, out: raw.update(out=out))]
     for layer in model.sem_seg_head.predictor.transformer_cross_attention_layers:
         hooks.append(layer.register_forward_hook(
@@ -215,3 +216,26 @@ def test_video_criterion_with_one_frame_equals_the_image_criterion():
     assert video_losses.keys() == image_losses.keys()
     for name in video_losses:
         torch.testing.assert_close(video_losses[name], image_losses[name], msg=name)
+
+
+@pytest.mark.parametrize("stride4_size", [(32, 48), (30, 46)])
+def test_video_decoder_lean_eval_path_returns_identical_outputs(stride4_size):
+    """In eval mode without auxiliary outputs, the earlier layers' masks are computed only where
+    the attention masks read them; the returned mask tubes and logits are the same."""
+    torch.manual_seed(0)
+    decoder = VideoMultiScaleMaskedTransformerDecoder(
+        16, num_frames=2, num_classes=5, hidden_dim=16, num_queries=6, nheads=4, dim_feedforward=32,
+        dec_layers=4, pre_norm=False, mask_dim=8, enforce_input_project=False,
+    ).eval()
+    h, w = stride4_size
+    frames = 3
+    features = [torch.randn(frames, 16, -(-h // f), -(-w // f)) for f in (8, 4, 2)]
+    mask_features = torch.randn(frames, 8, h, w)
+    with torch.no_grad():
+        lean = decoder(features, mask_features)
+        decoder.return_aux_outputs = True
+        full = decoder(features, mask_features)
+    assert "aux_outputs" not in lean and len(full["aux_outputs"]) == 4
+    assert lean["pred_masks"].shape == (1, 6, frames, h, w)
+    assert torch.equal(lean["pred_logits"], full["pred_logits"])
+    assert torch.equal(lean["pred_masks"], full["pred_masks"])

@@ -118,11 +118,13 @@ class MSDeformAttn(nn.Module):
         attention_logits = self.attention_weights(query).view(*grid_shape[:3], self.n_levels * self.n_points)
         # softmax over levels and points together
         attention_weights = F.softmax(attention_logits.float(), -1).view(grid_shape)
-        # pixel offsets -> normalised units of each level: divide by (W_l, H_l)
+        # pixel offsets -> normalised units of each level: divide by (W_l, H_l); one fused
+        # reference + offset / size (bitwise the same as the two operations)
         offset_normalizer = torch.stack([input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1)
-        sampling_locations = (
-            reference_points[:, :, None, :, None, :].float()
-            + sampling_offsets / offset_normalizer[None, None, None, :, None, :]
+        sampling_locations = torch.addcdiv(
+            reference_points[:, :, None, :, None, :].float(),
+            sampling_offsets,
+            offset_normalizer[None, None, None, :, None, :].to(sampling_offsets.dtype),
         )
         output = ms_deform_attn(
             value,

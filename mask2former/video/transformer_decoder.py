@@ -7,13 +7,14 @@ embedding; each query predicts one mask tube [T, H, W], and its masked cross-att
 the tokens where the previous prediction has probability >= 0.5 in any frame's own location.
 The parameters (and state-dict names) are exactly the image decoder's.
 """
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch.nn import functional as F
 
 from ..config import configurable
 from ..modeling.transformer_decoder import MultiScaleMaskedTransformerDecoder
+from ..modeling.transformer_decoder.mask2former_transformer_decoder import attended_pixels
 from ..utils.registry import TRANSFORMER_DECODER_REGISTRY
 from .position_encoding import PositionEmbeddingSine3D
 
@@ -82,25 +83,41 @@ class VideoMultiScaleMaskedTransformerDecoder(MultiScaleMaskedTransformerDecoder
         return self.decode(src, pos, sizes, mask_features)
 
     def forward_prediction_heads(
-        self, output: torch.Tensor, mask_features: torch.Tensor, attn_mask_target_size: Tuple[int, int]
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        self, output: torch.Tensor, mask_features: torch.Tensor, attn_mask_target_size: Optional[Tuple[int, int]]
+    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """Class logits, mask-tube logits and the next layer's attention mask.
 
         Args:
             output: query features [Q, B, C].
             mask_features: [B, T, mask_dim, H, W].
-            attn_mask_target_size: (h, w) of the level the next layer attends to.
+            attn_mask_target_size: (h, w) of the level the next layer attends to; None after the
+                last layer (no attention mask).
 
         Returns:
             class logits [B, Q, K+1]; mask logits [B, Q, T, H, W]; attention mask bool
             [B*heads, Q, T*h*w] (t-major), True where the bilinearly resized probability is < 0.5,
-            detached.
+            detached (None without a target size).
         """
         class_logits, mask_embedding = self.query_heads(output)
         mask_logits = torch.einsum("bqc,btchw->bqthw", mask_embedding, mask_features)
-        clips, queries = mask_logits.shape[:2]
-        # Frames as channels: each frame's mask is resized on its own grid.
-        resized = F.interpolate(
-            mask_logits.flatten(0, 1), size=attn_mask_target_size, mode="bilinear", align_corners=False
-        )
-        return class_logits, mask_logits, self.attention_mask(resized.view(clips, queries, -1))
+        if attn_mask_target_size is None:
+            return class_logits, mask_logits, None
+        return class_logits, mask_logits, self.attention_mask(_resized_per_frame(mask_logits, attn_mask_target_size))
+
+    def resized_mask_logits(
+        self, output: torch.Tensor, mask_features: torch.Tensor, size: Tuple[int, int]
+    ) -> torch.Tensor:
+        """Mask-tube logits [B, Q, T*h*w] resized per frame to ``size`` = (h, w), as
+        :meth:`forward_prediction_heads` resizes them, computed on the pixels the resize reads
+        (see :func:`attended_pixels`); ``mask_features`` [B, T, mask_dim, H, W]."""
+        _, mask_embedding = self.query_heads(output)
+        mask_logits = torch.einsum("bqc,btchw->bqthw", mask_embedding, attended_pixels(mask_features, size))
+        return _resized_per_frame(mask_logits, size)
+
+
+def _resized_per_frame(mask_logits: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """[B, Q, T, H, W] logits bilinearly resized frame by frame to ``size``, as [B, Q, T*h*w]."""
+    clips, queries = mask_logits.shape[:2]
+    # Frames as channels: each frame's mask is resized on its own grid.
+    resized = F.interpolate(mask_logits.flatten(0, 1), size=size, mode="bilinear", align_corners=False)
+    return resized.view(clips, queries, -1)

@@ -239,12 +239,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         gives the same values. Other ratios take the full einsum.
         """
         _, mask_embedding = self.query_heads(output)
-        height, width = mask_features.shape[-2:]
-        factor_y, factor_x = height // size[0], width // size[1]
-        exact = (factor_y * size[0], factor_x * size[1]) == (height, width)
-        if exact and factor_y % 2 == 0 and factor_x % 2 == 0 and min(factor_y, factor_x) > 2:
-            mask_features = _read_pixels(mask_features, size, factor_y, factor_x)
-        mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embedding, mask_features)
+        mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embedding, attended_pixels(mask_features, size))
         return F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False).flatten(2)
 
     def query_heads(self, output: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -261,14 +256,18 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         return blocked.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1).detach()
 
 
-def _read_pixels(features: torch.Tensor, size: Tuple[int, int], factor_y: int, factor_x: int) -> torch.Tensor:
-    """Of ``features`` [N, C, h*f_y, w*f_x], the rows f_y*i + f_y/2 - 1, f_y*i + f_y/2 and likewise
-    the columns, for (h, w) = ``size``: [N, C, 2h, 2w], the pixels a bilinear
-    (align_corners=False) downsampling by the even factors reads, in order."""
-    n, c = features.shape[:2]
-    (h, w), y, x = size, factor_y // 2 - 1, factor_x // 2 - 1
-    blocks = features.view(n, c, h, factor_y, w, factor_x)
-    return blocks[:, :, :, y : y + 2, :, x : x + 2].reshape(n, c, 2 * h, 2 * w)
+def attended_pixels(features: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """The pixels of ``features`` [..., H, W] that a bilinear (align_corners=False) resize to
+    ``size`` = (h, w) reads, when H = f_y*h and W = f_x*w with even factors > 2: rows
+    f_y*i + f_y/2 - 1 and f_y*i + f_y/2 and likewise the columns, as [..., 2h, 2w] (resizing that by
+    2 gives the same values with the same weights 1/2). Otherwise ``features`` itself."""
+    (height, width), (h, w) = features.shape[-2:], size
+    factor_y, factor_x = height // h, width // w
+    if (factor_y * h, factor_x * w) != (height, width) or factor_y % 2 or factor_x % 2 or min(factor_y, factor_x) <= 2:
+        return features
+    lead, y, x = features.shape[:-2], factor_y // 2 - 1, factor_x // 2 - 1
+    blocks = features.view(*lead, h, factor_y, w, factor_x)
+    return blocks[..., y : y + 2, :, x : x + 2].reshape(*lead, 2 * h, 2 * w)
 
 
 def _input_projection(in_channels: int, width: int) -> nn.Module:
