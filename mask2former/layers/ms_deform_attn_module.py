@@ -118,14 +118,14 @@ class MSDeformAttn(nn.Module):
         attention_logits = self.attention_weights(query).view(*grid_shape[:3], self.n_levels * self.n_points)
         # softmax over levels and points together
         attention_weights = F.softmax(attention_logits.float(), -1).view(grid_shape)
-        # pixel offsets -> normalised units of each level: divide by (W_l, H_l); one fused
-        # reference + offset / size (bitwise the same as the two operations)
+        # pixel offsets -> normalised units of each level: divide by (W_l, H_l)
         offset_normalizer = torch.stack([input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1)
-        sampling_locations = torch.addcdiv(
-            reference_points[:, :, None, :, None, :].float(),
-            sampling_offsets,
-            offset_normalizer[None, None, None, :, None, :].to(sampling_offsets.dtype),
-        )
+        reference = reference_points[:, :, None, :, None, :].float()
+        normalizer = offset_normalizer[None, None, None, :, None, :].to(sampling_offsets.dtype)
+        if torch.onnx.is_in_onnx_export():  # ONNX has no fused addcdiv
+            sampling_locations = reference + sampling_offsets / normalizer
+        else:  # one fused pass, bitwise the same as the two operations
+            sampling_locations = torch.addcdiv(reference, sampling_offsets, normalizer)
         output = ms_deform_attn(
             value,
             input_spatial_shapes,
