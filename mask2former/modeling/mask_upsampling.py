@@ -74,9 +74,9 @@ def resize_bilinear_rows(x: torch.Tensor, size: Tuple[int, int], rows: Tuple[int
     w0, w1, lw0, lw1 = _source_indices(w, size[1], 0, size[1], x.device)
     lo, hi = int(h0.min()), int(h1.max()) + 1
     band = x[:, lo:hi]
-    along_w = band[..., w0] * lw0.to(x.dtype) + band[..., w1] * lw1.to(x.dtype)
+    along_w = band[..., w0].mul_(lw0.to(x.dtype)).add_(band[..., w1].mul_(lw1.to(x.dtype)))
     lh0, lh1 = lh0.to(x.dtype)[:, None], lh1.to(x.dtype)[:, None]
-    return along_w[:, h0 - lo] * lh0 + along_w[:, h1 - lo] * lh1
+    return along_w[:, h0 - lo].mul_(lh0).add_(along_w[:, h1 - lo].mul_(lh1))
 
 
 class MaskLogits:
