@@ -186,10 +186,11 @@ def panoptic_inference(
     original_area = torch.zeros(len(kept), dtype=torch.int64)
     chunks = ((0, mask_prob[kept]),) if mask_prob is not None else masks.query_chunks(kept)
     for start, chunk in chunks:
-        prob = chunk if mask_prob is not None else chunk.sigmoid()
+        prob = chunk if mask_prob is not None else chunk.sigmoid_()  # chunk: a fresh tensor
         inside = prob >= 0.5
         original_area[start : start + len(prob)] = inside.flatten(1).sum(1).cpu()
-        values, indices = (cur_scores[start : start + len(prob), None, None] * prob).max(0)
+        values, indices = prob.mul_(cur_scores[start : start + len(prob), None, None]).max(0)
+        del prob, chunk
         indices = indices[None]
         chunk_inside = inside.gather(0, indices)[0]
         indices = indices[0].to(torch.int32) + start
