@@ -75,8 +75,14 @@ def resize_bilinear_rows(x: torch.Tensor, size: Tuple[int, int], rows: Tuple[int
     lo, hi = int(h0.min()), int(h1.max()) + 1
     band = x[:, lo:hi]
     along_w = band[..., w0].mul_(lw0.to(x.dtype)).add_(band[..., w1].mul_(lw1.to(x.dtype)))
-    lh0, lh1 = lh0.to(x.dtype)[:, None], lh1.to(x.dtype)[:, None]
-    return along_w[:, h0 - lo].mul_(lh0).add_(along_w[:, h1 - lo].mul_(lh1))
+    out = x.new_empty((x.shape[0], rows[1] - rows[0], size[1]))
+    second = x.new_empty((x.shape[0], size[1]))
+    # one output row at a time from views of the two source rows (no gathered copies)
+    for i, (a, b, wa, wb) in enumerate(zip((h0 - lo).tolist(), (h1 - lo).tolist(), lh0.tolist(), lh1.tolist())):
+        torch.mul(along_w[:, a], wa, out=out[:, i])
+        torch.mul(along_w[:, b], wb, out=second)
+        out[:, i].add_(second)
+    return out
 
 
 class MaskLogits:

@@ -309,8 +309,9 @@ def instance_inference(
         if boxes_from_masks:
             boxes[targets] = masks_to_boxes(query_masks).tensor[sources]
         if compact:
-            binary = (logits > 0).cpu().numpy().transpose(1, 2, 0).astype(np.uint8)
-            encoded = mask_util.encode(np.asfortranarray(binary))
+            # [n, W, H] C-contiguous = [H, W, n] Fortran-contiguous, as pycocotools expects
+            binary = (logits > 0).to(torch.uint8).permute(0, 2, 1).contiguous().cpu().numpy()
+            encoded = mask_util.encode(binary.transpose(2, 1, 0))
             for i, j in zip(targets.tolist(), sources.tolist()):
                 rles[i] = dict(encoded[j])
         else:
