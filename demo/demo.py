@@ -30,6 +30,7 @@ from mask2former.config import get_cfg
 from mask2former.data.image_io import read_image
 from mask2former.engine.custom_datasets import DatasetArgumentParser, configure_datasets, register_datasets
 from mask2former.engine.predictor import Predictor
+from mask2former.structures import semantic_labels
 from mask2former.utils.visualizer import Visualizer
 from mask2former.video.predictor import VideoPredictor
 
@@ -168,7 +169,7 @@ def visualize(
             predictions["instances"].to("cpu"), confidence_threshold
         )
     elif "sem_seg" in predictions:
-        vis = visualizer.draw_sem_seg(predictions["sem_seg"].argmax(dim=0).cpu())
+        vis = visualizer.draw_sem_seg(semantic_labels(predictions["sem_seg"]).cpu())
     else:
         raise ValueError(
             f"The model returned no segmentation to draw (keys: {sorted(predictions)})"

@@ -130,6 +130,10 @@ def _maskformer2_defaults() -> CN:
     # Resize the mask logits to the output size before inference (True), or resize the semantic
     # result after it (False). Always True in effect when PANOPTIC_ON or INSTANCE_ON.
     _C.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
+    # Compact outputs for large images: "sem_seg" as an int32 [H, W] label map plus "sem_seg_score"
+    # float [H, W] (instead of [K, H, W] scores), instance masks as COCO RLE ("pred_masks_rle")
+    # instead of [N, H, W] "pred_masks". See README "Large images and compact outputs".
+    _C.MODEL.MASK_FORMER.TEST.COMPACT_OUTPUTS = False
 
     # -------------------------------------------------------------------------------------------
     # MODEL.SEM_SEG_HEAD: pixel decoder

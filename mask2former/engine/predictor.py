@@ -69,7 +69,8 @@ class Predictor:
 
         Returns:
             The model's output dict for the image, at H x W (e.g. ``"sem_seg"`` float [K, H, W],
-            ``"panoptic_seg"`` (int32 [H, W] ids, segments_info), ``"instances"``), on the device.
+            ``"panoptic_seg"`` (int32 [H, W] ids, segments_info), ``"instances"``), on the device;
+            see :meth:`MaskFormer.forward` for the ``COMPACT_OUTPUTS`` format.
 
         Raises:
             ValueError: the image is not a uint8 [H, W, 3] array.

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..structures import instance_masks, semantic_labels
 from ..utils import comm
 from .evaluator import DatasetEvaluator
 from .metadata import require_field, resolve_metadata
@@ -171,10 +172,11 @@ class CityscapesSemSegEvaluator(_CityscapesEvaluator):
         """
         Args:
             inputs: dicts with ``file_name`` (``<city>_<seq>_<frame>_leftImg8bit.png``).
-            outputs: dicts with ``sem_seg``: float [K, H, W] class scores at the image size.
+            outputs: dicts with ``sem_seg``: float [K, H, W] class scores, or the compact int
+                [H, W] class ids, at the image size.
         """
         for input_dict, output in zip(inputs, outputs):
-            classes = output["sem_seg"].argmax(dim=0).to(torch.uint8).cpu().numpy()
+            classes = semantic_labels(output["sem_seg"]).to(torch.uint8).cpu().numpy()
             path = os.path.join(self._temp_dir, cityscapes_stem(input_dict["file_name"]) + "_pred.png")
             Image.fromarray(self._label_ids[classes]).save(path)
 
@@ -228,13 +230,14 @@ class CityscapesInstanceEvaluator(_CityscapesEvaluator):
         """
         Args:
             inputs: dicts with ``file_name`` (``<city>_<seq>_<frame>_leftImg8bit.png``).
-            outputs: dicts with ``instances``: ``pred_masks`` bool [N, H, W], ``scores`` [N],
-                ``pred_classes`` [N] (indices into ``thing_classes``).
+            outputs: dicts with ``instances``: ``pred_masks`` bool [N, H, W] (or compact
+                ``pred_masks_rle``), ``scores`` [N], ``pred_classes`` [N] (indices into
+                ``thing_classes``).
         """
         for input_dict, output in zip(inputs, outputs):
             stem = cityscapes_stem(input_dict["file_name"])
             instances = output["instances"]
-            masks = instances.pred_masks.cpu().numpy().astype(bool)
+            masks = instance_masks(instances)
             scores = instances.scores.cpu().numpy()
             classes = instances.pred_classes.cpu().numpy()
             lines = []

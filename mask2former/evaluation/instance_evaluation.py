@@ -15,6 +15,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..structures import instance_rles
 from ..utils.atomic_io import atomic_write
 from mask2former.utils import comm
 
@@ -48,8 +49,8 @@ def instances_to_coco_json(
 
     Args:
         instances: object with ``pred_masks`` [N, H, W] (bool, or float/uint8 binarised at
-            > 0.5), ``scores`` [N] float and ``pred_classes`` [N] int (contiguous class ids);
-            tensors or arrays.
+            > 0.5) or, compact outputs, ``pred_masks_rle`` (N COCO RLE dicts), ``scores`` [N]
+            float and ``pred_classes`` [N] int (contiguous class ids); tensors or arrays.
         image_id: COCO image id.
         contiguous_to_dataset_id: contiguous class id -> dataset category id (``None``: the
             classes are already dataset ids).
@@ -62,19 +63,18 @@ def instances_to_coco_json(
         KeyError: a class is not in ``contiguous_to_dataset_id``.
         ValueError: the fields disagree in length or ``pred_masks`` is not 3-D.
     """
-    masks = _to_numpy(instances.pred_masks)
     scores = _to_numpy(instances.scores).reshape(-1)
     classes = _to_numpy(instances.pred_classes).reshape(-1)
-    if masks.ndim != 3 or not len(masks) == len(scores) == len(classes):
+    compact = getattr(instances, "pred_masks_rle", None)
+    masks = compact if compact is not None else _to_numpy(instances.pred_masks)
+    if (compact is None and masks.ndim != 3) or not len(masks) == len(scores) == len(classes):
         raise ValueError(
-            f"Expected pred_masks [N, H, W], scores [N], pred_classes [N]; got shapes "
-            f"{masks.shape}, {scores.shape}, {classes.shape}."
+            f"Expected pred_masks [N, H, W] or N pred_masks_rle, scores [N], pred_classes [N]; got "
+            f"{len(masks)} masks, shapes {scores.shape}, {classes.shape}."
         )
-    if masks.dtype != bool:
-        masks = masks > 0.5
     if len(masks) == 0:
         return []
-    rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    rles = instance_rles(instances)
     boxes = mask_util.toBbox(rles).tolist()
     results = []
     for rle, box, score, category in zip(rles, boxes, scores.tolist(), classes.tolist()):

@@ -11,6 +11,7 @@ import pycocotools.mask as mask_util
 import torch
 from PIL import Image
 
+from ..structures import semantic_labels
 from ..utils.atomic_io import atomic_write
 from mask2former.utils import comm
 
@@ -120,7 +121,8 @@ class SemSegEvaluator(DatasetEvaluator):
             inputs: dataset dicts with ``"file_name"`` (looked up in ``input_file_to_gt_file``)
                 or ``"sem_seg_file_name"`` (the gt label map itself).
             outputs: dicts with ``"sem_seg"``: float Tensor [K, H, W] of per-class scores
-                (argmax taken) or integer Tensor/array [H, W] of class ids, at the gt size.
+                (argmax taken) or integer Tensor/array [H, W] of class ids (the compact output
+                format), at the gt size.
 
         Raises:
             ValueError: prediction and gt differ in shape, or hold labels outside
@@ -232,6 +234,5 @@ class SemSegEvaluator(DatasetEvaluator):
 def _label_map(sem_seg) -> np.ndarray:
     """int64 [H, W] class ids from scores [K, H, W] (argmax) or a label map (Tensor or array)."""
     if isinstance(sem_seg, torch.Tensor):
-        labels = sem_seg.argmax(dim=0) if sem_seg.dim() == 3 else sem_seg
-        return labels.cpu().numpy().astype(np.int64)
+        return semantic_labels(sem_seg).cpu().numpy().astype(np.int64)
     return np.asarray(sem_seg).astype(np.int64)

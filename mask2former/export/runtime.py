@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch.nn import functional as F
 
 from ..data.transforms import ResizeShortestEdge
 from ..engine.predictor import Predictor
@@ -132,14 +131,14 @@ class ExportedMaskFormer:
         batch = self.pad([x["image"].to("cpu", torch.float32) for x in batched_inputs])
         logits, masks = self.run(batch.tensor)
         self.last_outputs = {"pred_logits": logits, "pred_masks": masks}
-        masks = F.interpolate(masks, size=batch.tensor.shape[-2:], mode="bilinear", align_corners=False)
         results = []
         for mask_cls, mask_pred, image_size, x in zip(logits, masks, batch.image_sizes, batched_inputs):
             height = x.get("height", image_size[0])
             width = x.get("width", image_size[1])
             results.append(
                 mask_classification_inference(
-                    mask_cls, mask_pred, image_size, height, width, **self._postprocessing
+                    mask_cls, mask_pred, image_size, height, width,
+                    padded_size=tuple(batch.tensor.shape[-2:]), **self._postprocessing,
                 )
             )
         return results

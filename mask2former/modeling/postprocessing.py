@@ -2,14 +2,21 @@
 (Cheng et al., CVPR 2022, Sec. 4 and Appendix A "mask classification inference").
 
 All functions take the predictions of one image: ``mask_cls`` [Q, K+1] class logits (last = "no
-object") and ``mask_pred`` [Q, H, W] mask logits, and are pure functions of them.
+object") and the mask logits, either a [Q, H, W] tensor at the output resolution or a
+:class:`~mask2former.modeling.mask_upsampling.MaskLogits` that upsamples them on demand. They
+work in chunks bounded by ``chunk_bytes`` (queries, or rows of the output) and upsample only the
+queries a task keeps, so that at most one bounded chunk of full-resolution planes exists beside
+the returned tensors.
 """
-from typing import Collection, Dict, List, Optional, Tuple
+from typing import Collection, Dict, List, Optional, Tuple, Union
 
+import numpy as np
+import pycocotools.mask as mask_util
 import torch
 from torch.nn import functional as F
 
 from ..structures import Boxes, Instances, masks_to_boxes
+from .mask_upsampling import DEFAULT_CHUNK_BYTES, MaskLogits, band_ranges, chunk_length, resize_bilinear
 
 __all__ = [
     "instance_inference",
@@ -19,9 +26,22 @@ __all__ = [
     "semantic_inference",
 ]
 
+Masks = Union[torch.Tensor, MaskLogits]
+
+
+def _as_mask_logits(mask_pred: Masks, chunk_bytes: Optional[int]) -> MaskLogits:
+    if isinstance(mask_pred, MaskLogits):
+        return mask_pred
+    return MaskLogits.full_resolution(mask_pred, chunk_bytes)
+
 
 def sem_seg_postprocess(
-    result: torch.Tensor, img_size: Tuple[int, int], output_height: int, output_width: int
+    result: torch.Tensor,
+    img_size: Tuple[int, int],
+    output_height: int,
+    output_width: int,
+    *,
+    chunk_bytes: Optional[int] = None,
 ) -> torch.Tensor:
     """Crop the padding off per-pixel predictions and resize them to the output resolution.
 
@@ -29,110 +49,200 @@ def sem_seg_postprocess(
         result: [C, H_pad, W_pad] predictions at the padded input resolution.
         img_size: (h, w) of the unpadded input image; ``result[:, :h, :w]`` is kept.
         output_height, output_width: resolution to resize to (bilinear, ``align_corners=False``).
+        chunk_bytes: resize this many bytes of output channels at a time into the preallocated
+            result (bit-identical to one call); None = all channels in one call.
 
     Returns:
-        [C, output_height, output_width].
+        [C, output_height, output_width], dtype of ``result``.
     """
-    result = result[:, : img_size[0], : img_size[1]].expand(1, -1, -1, -1)
-    return F.interpolate(result, size=(output_height, output_width), mode="bilinear", align_corners=False)[0]
+    cropped = result[:, : img_size[0], : img_size[1]]
+    size = (int(output_height), int(output_width))
+    if chunk_bytes is None:
+        return resize_bilinear(cropped, size)
+    out = result.new_empty((result.shape[0], *size))
+    for start, stop in band_ranges(result.shape[0], chunk_length(result.shape[0], size[0] * size[1] * 4, chunk_bytes)):
+        out[start:stop] = resize_bilinear(cropped[start:stop], size)
+    return out
+
+
+def _class_probs(mask_cls: torch.Tensor) -> torch.Tensor:
+    return F.softmax(mask_cls, dim=-1)[..., :-1]
 
 
 def semantic_inference(
-    mask_cls: torch.Tensor, mask_pred: torch.Tensor, *, mask_prob: Optional[torch.Tensor] = None
-) -> torch.Tensor:
-    """Per-class scores ``sum_q softmax(mask_cls)[q, c] * sigmoid(mask_pred)[q]``.
+    mask_cls: torch.Tensor,
+    mask_pred: Masks,
+    *,
+    mask_prob: Optional[torch.Tensor] = None,
+    compact: bool = False,
+    chunk_bytes: Optional[int] = DEFAULT_CHUNK_BYTES,
+):
+    """Per-class scores ``sum_q softmax(mask_cls)[q, c] * sigmoid(mask_pred)[q]``, computed on
+    bands of output rows written into the preallocated result.
 
     Args:
         mask_cls: [Q, K+1] class logits.
-        mask_pred: [Q, H, W] mask logits.
-        mask_prob: ``mask_pred.sigmoid()`` when the caller already has it (same result, one
-            full-resolution pass less).
+        mask_pred: [Q, H, W] mask logits, or :class:`MaskLogits`.
+        mask_prob: ``sigmoid`` of a [Q, H, W] ``mask_pred`` when the caller already has it.
+        compact: return the per-pixel argmax and max instead of the [K, H, W] scores (which are
+            then never built).
+        chunk_bytes: bound of one [Q or K, rows, W] float32 band; None = one band.
 
     Returns:
-        [K, H, W] semantic scores (the "no object" class is dropped).
+        [K, H, W] semantic scores (the "no object" class is dropped), dtype of the logits; or,
+        with ``compact``, ``(labels int32 [H, W] (contiguous class ids; first index on ties),
+        scores float [H, W] (the maximum))``.
     """
-    probs = F.softmax(mask_cls, dim=-1)[..., :-1]
-    return torch.einsum("qc,qhw->chw", probs, mask_pred.sigmoid() if mask_prob is None else mask_prob)
+    masks = _as_mask_logits(mask_pred, chunk_bytes)
+    probs = _class_probs(mask_cls).to(masks.dtype)
+    num_classes = probs.shape[1]
+    height, width = masks.output_size
+    if compact:
+        labels = torch.empty((height, width), dtype=torch.int32, device=masks.device)
+        best = torch.empty((height, width), dtype=masks.dtype, device=masks.device)
+    else:
+        out = torch.empty((num_classes, height, width), dtype=masks.dtype, device=masks.device)
+    for start, stop in masks.row_bands(num_classes):
+        band_prob = mask_prob[:, start:stop] if mask_prob is not None else masks.rows(start, stop).sigmoid()
+        band = torch.einsum("qc,qhw->chw", probs, band_prob)
+        if compact:
+            values, indices = band.max(0)
+            best[start:stop], labels[start:stop] = values, indices
+        else:
+            out[:, start:stop] = band
+    return (labels, best) if compact else out
+
+
+def _compact_semantic_resized(scores_padded: torch.Tensor, image_size, size, chunk_bytes):
+    """Argmax and max over classes of ``sem_seg_postprocess(scores_padded, image_size, *size)``,
+    resizing chunks of classes (bit-identical values) and keeping a running max with first-index
+    ties, so that [K, H, W] is never built."""
+    cropped = scores_padded[:, : image_size[0], : image_size[1]]
+    num_classes = cropped.shape[0]
+    step = chunk_length(num_classes, size[0] * size[1] * 4, chunk_bytes)
+    best, labels = None, None
+    for start, stop in band_ranges(num_classes, step):
+        values, indices = resize_bilinear(cropped[start:stop], size).max(0)
+        if best is None:
+            best, labels = values, indices.to(torch.int32)
+            continue
+        better = values > best
+        best = torch.where(better, values, best)
+        labels = torch.where(better, indices.to(torch.int32) + start, labels)
+    return labels, best
 
 
 def panoptic_inference(
     mask_cls: torch.Tensor,
-    mask_pred: torch.Tensor,
+    mask_pred: Masks,
     *,
     object_mask_threshold: float,
     overlap_threshold: float,
     thing_classes: Collection[int],
     mask_prob: Optional[torch.Tensor] = None,
+    chunk_bytes: Optional[int] = DEFAULT_CHUNK_BYTES,
 ) -> Tuple[torch.Tensor, List[Dict]]:
     """Panoptic segmentation from mask classification.
 
     Queries whose best class is "no object" or whose best-class probability is
-    ``<= object_mask_threshold`` are dropped. Each pixel goes to the kept query maximising
-    ``score * sigmoid(mask)``; a query keeps the pixels it wins that also have
-    ``sigmoid(mask) >= 0.5``, and is dropped when those are fewer than ``overlap_threshold`` of its
-    own ``sigmoid(mask) >= 0.5`` area. Segments of the same stuff class are merged.
+    ``<= object_mask_threshold`` are dropped, from the class logits alone: only the kept queries'
+    masks are ever upsampled. Each pixel goes to the kept query maximising
+    ``score * sigmoid(mask)`` (the first such query on ties); a query keeps the pixels it wins that
+    also have ``sigmoid(mask) >= 0.5``, and is dropped when those are fewer than
+    ``overlap_threshold`` of its own ``sigmoid(mask) >= 0.5`` area. Segments of the same stuff
+    class are merged. The kept queries are upsampled in chunks with a running max/argmax, so the
+    result does not depend on ``chunk_bytes``.
 
     Args:
         mask_cls: [Q, K+1] class logits.
-        mask_pred: [Q, H, W] mask logits.
+        mask_pred: [Q, H, W] mask logits, or :class:`MaskLogits`.
         object_mask_threshold: minimum class probability of a kept query.
         overlap_threshold: minimum fraction of a query's mask that must remain visible.
         thing_classes: contiguous ids (0..K-1) of the "thing" classes.
-        mask_prob: ``mask_pred.sigmoid()`` when the caller already has it; otherwise only the
-            kept queries' masks go through the sigmoid.
+        mask_prob: ``sigmoid`` of a [Q, H, W] ``mask_pred`` when the caller already has it.
+        chunk_bytes: bound of one [n, H, W] float32 chunk of kept queries; None = all at once.
 
     Returns:
         ``panoptic_seg`` int32 [H, W] (0 = void, else a segment id), and ``segments_info``: one dict
         ``{"id": int, "isthing": bool, "category_id": int (contiguous)}`` per segment id, ids from 1.
     """
+    masks = _as_mask_logits(mask_pred, chunk_bytes)
     num_classes = mask_cls.shape[-1] - 1
     scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)
-    cur_scores = scores[keep]
+    kept = keep.nonzero()[:, 0]
+    cur_scores = scores[keep].to(masks.dtype)
     cur_classes = labels[keep]
-    cur_masks = mask_pred[keep].sigmoid() if mask_prob is None else mask_prob[keep]
 
-    h, w = cur_masks.shape[-2:]
-    panoptic_seg = torch.zeros((h, w), dtype=torch.int32, device=cur_masks.device)
+    height, width = masks.output_size
+    panoptic_seg = torch.zeros((height, width), dtype=torch.int32, device=masks.device)
     segments_info: List[Dict] = []
-    if cur_masks.shape[0] == 0:
+    if len(kept) == 0:
         return panoptic_seg, segments_info
 
-    cur_mask_ids = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)
+    # Running winner per pixel: its score * prob, its index among the kept queries, and whether
+    # its own prob >= 0.5; plus each kept query's own prob >= 0.5 area.
+    best, winner, winner_inside = None, None, None
+    original_area = torch.zeros(len(kept), dtype=torch.int64)
+    chunks = ((0, mask_prob[kept]),) if mask_prob is not None else masks.query_chunks(kept)
+    for start, chunk in chunks:
+        prob = chunk if mask_prob is not None else chunk.sigmoid_()  # chunk: a fresh tensor
+        inside = prob >= 0.5
+        original_area[start : start + len(prob)] = inside.flatten(1).sum(1).cpu()
+        values, indices = prob.mul_(cur_scores[start : start + len(prob), None, None]).max(0)
+        del prob, chunk
+        indices = indices[None]
+        chunk_inside = inside.gather(0, indices)[0]
+        indices = indices[0].to(torch.int32) + start
+        if best is None:
+            best, winner, winner_inside = values, indices, chunk_inside
+            continue
+        better = values > best  # strict: the earlier query keeps ties, as argmax does
+        best = torch.where(better, values, best)
+        winner = torch.where(better, indices, winner)
+        winner_inside = torch.where(better, chunk_inside, winner_inside)
+        del values, indices, chunk_inside, better
+    del best
+    flat_winner = winner.flatten().long()
+    mask_area = torch.bincount(flat_winner, minlength=len(kept)).cpu()
+    visible_area = torch.bincount(flat_winner[winner_inside.flatten()], minlength=len(kept)).cpu()
+    del flat_winner
+
+    segment_of_query = torch.zeros(len(kept), dtype=torch.int32)
     thing_classes = set(int(c) for c in thing_classes)
     stuff_segment_ids: Dict[int, int] = {}
     current_segment_id = 0
-    for k in range(cur_classes.shape[0]):
+    for k in range(len(kept)):
         pred_class = int(cur_classes[k].item())
         isthing = pred_class in thing_classes
-        won = cur_mask_ids == k
-        original = cur_masks[k] >= 0.5
-        mask = won & original
-        mask_area = int(won.sum().item())
-        original_area = int(original.sum().item())
-        if mask_area == 0 or original_area == 0 or int(mask.sum().item()) == 0:
+        won, original, visible = int(mask_area[k]), int(original_area[k]), int(visible_area[k])
+        if won == 0 or original == 0 or visible == 0:
             continue
-        if mask_area / original_area < overlap_threshold:
+        if won / original < overlap_threshold:
             continue
         if not isthing:
             if pred_class in stuff_segment_ids:
-                panoptic_seg[mask] = stuff_segment_ids[pred_class]
+                segment_of_query[k] = stuff_segment_ids[pred_class]
                 continue
             stuff_segment_ids[pred_class] = current_segment_id + 1
         current_segment_id += 1
-        panoptic_seg[mask] = current_segment_id
+        segment_of_query[k] = current_segment_id
         segments_info.append({"id": current_segment_id, "isthing": bool(isthing), "category_id": pred_class})
+    segment_ids = segment_of_query.to(masks.device)[winner.long()]
+    panoptic_seg = torch.where(winner_inside, segment_ids, panoptic_seg)
     return panoptic_seg, segments_info
 
 
 def instance_inference(
     mask_cls: torch.Tensor,
-    mask_pred: torch.Tensor,
+    mask_pred: Masks,
     *,
     test_topk_per_image: int,
     thing_classes: Optional[Collection[int]] = None,
     boxes_from_masks: bool = False,
     mask_prob: Optional[torch.Tensor] = None,
+    compact: bool = False,
+    chunk_bytes: Optional[int] = DEFAULT_CHUNK_BYTES,
 ) -> Instances:
     """Instance segmentation from mask classification.
 
@@ -140,25 +250,30 @@ def instance_inference(
     ``k = min(test_topk_per_image, Q*K)`` best are kept (in ``torch.topk(sorted=False)`` order).
     With ``thing_classes`` given, candidates of other classes are then dropped. The final score
     multiplies the class probability by the mean mask probability inside the predicted mask.
-    A query kept with several classes has its mask processed once.
+    Only the selected queries are upsampled, each distinct query once, in chunks, with the masks
+    written straight into the preallocated result.
 
     Args:
         mask_cls: [Q, K+1] class logits.
-        mask_pred: [Q, H, W] mask logits at the output resolution.
+        mask_pred: [Q, H, W] mask logits at the output resolution, or :class:`MaskLogits`.
         test_topk_per_image: maximum number of instances.
         thing_classes: contiguous ids of the classes to keep (None = all), for panoptic models.
         boxes_from_masks: compute tight boxes around the masks; otherwise boxes are all zero, as in
             the published model.
-        mask_prob: ``mask_pred.sigmoid()`` when the caller already has it; otherwise only the
-            selected queries' masks go through the sigmoid.
+        mask_prob: ``sigmoid`` of a [Q, H, W] ``mask_pred`` when the caller already has it.
+        compact: give the masks as COCO run-length encodings instead of [N, H, W] tensors.
+        chunk_bytes: bound of one [n, H, W] float32 chunk of selected queries; None = all at once.
 
     Returns:
-        ``Instances`` of image size (H, W) with ``pred_masks`` float [N, H, W] (1.0 where the mask
-        logit > 0), ``pred_boxes`` ``Boxes`` [N, 4] (XYXY pixels), ``scores`` float [N] and
-        ``pred_classes`` int64 [N] (contiguous ids).
+        ``Instances`` of image size (H, W) with ``pred_boxes`` ``Boxes`` [N, 4] (XYXY pixels),
+        ``scores`` float [N], ``pred_classes`` int64 [N] (contiguous ids) and either
+        ``pred_masks`` float [N, H, W] (1.0 where the mask logit > 0) or, with ``compact``,
+        ``pred_masks_rle``: list of N COCO RLE dicts ``{"size": [H, W], "counts": bytes}``
+        (``pycocotools.mask.encode`` of the same masks; decode with ``pycocotools.mask.decode``).
     """
+    masks = _as_mask_logits(mask_pred, chunk_bytes)
     num_queries, num_classes = mask_cls.shape[0], mask_cls.shape[-1] - 1
-    scores = F.softmax(mask_cls, dim=-1)[:, :-1]
+    scores = _class_probs(mask_cls)
     labels = torch.arange(num_classes, device=mask_cls.device).repeat(num_queries)
     k = min(test_topk_per_image, num_queries * num_classes)
     scores_per_image, topk_indices = scores.flatten(0, 1).topk(k, sorted=False)
@@ -173,18 +288,41 @@ def instance_inference(
         query_indices = query_indices[keep]
 
     queries, per_query = torch.unique(query_indices, return_inverse=True)
-    query_masks = (mask_pred[queries] > 0).float()
-    query_probs = mask_pred[queries].sigmoid() if mask_prob is None else mask_prob[queries]
-    flat_masks = query_masks.flatten(1)
-    query_scores = (query_probs.flatten(1) * flat_masks).sum(1) / (flat_masks.sum(1) + 1e-6)
-
-    result = Instances(tuple(int(s) for s in mask_pred.shape[-2:]))
-    pred_masks = query_masks[per_query]
-    result.pred_masks = pred_masks
-    if boxes_from_masks:
-        result.pred_boxes = masks_to_boxes(pred_masks)
+    height, width = masks.output_size
+    n = len(per_query)
+    query_scores = torch.empty(len(queries), dtype=masks.dtype, device=masks.device)
+    boxes = torch.zeros(n, 4, dtype=torch.float32, device=masks.device)
+    if compact:
+        rles: List[Optional[dict]] = [None] * n
     else:
-        result.pred_boxes = Boxes(torch.zeros(pred_masks.shape[0], 4, device=mask_pred.device))
+        pred_masks = torch.empty((n, height, width), dtype=masks.dtype, device=masks.device)
+    chunks = ((0, mask_pred[queries]),) if mask_prob is not None else masks.query_chunks(queries)
+    for start, logits in chunks:
+        stop = start + len(logits)
+        query_masks = (logits > 0).to(masks.dtype)
+        probs = mask_prob[queries] if mask_prob is not None else logits.sigmoid()
+        flat_masks = query_masks.flatten(1)
+        query_scores[start:stop] = (probs.flatten(1) * flat_masks).sum(1) / (flat_masks.sum(1) + 1e-6)
+        del probs, flat_masks
+        targets = ((per_query >= start) & (per_query < stop)).nonzero()[:, 0]
+        sources = per_query[targets] - start
+        if boxes_from_masks:
+            boxes[targets] = masks_to_boxes(query_masks).tensor[sources]
+        if compact:
+            # [n, W, H] C-contiguous = [H, W, n] Fortran-contiguous, as pycocotools expects
+            binary = (logits > 0).to(torch.uint8).permute(0, 2, 1).contiguous().cpu().numpy()
+            encoded = mask_util.encode(binary.transpose(2, 1, 0))
+            for i, j in zip(targets.tolist(), sources.tolist()):
+                rles[i] = dict(encoded[j])
+        else:
+            pred_masks[targets] = query_masks[sources]
+
+    result = Instances((height, width))
+    if compact:
+        result.pred_masks_rle = rles
+    else:
+        result.pred_masks = pred_masks
+    result.pred_boxes = Boxes(boxes)
     result.scores = scores_per_image * query_scores[per_query]
     result.pred_classes = labels_per_image
     return result
@@ -205,12 +343,21 @@ def mask_classification_inference(
     overlap_threshold: float,
     thing_classes: Optional[Collection[int]],
     test_topk_per_image: int,
+    padded_size: Optional[Tuple[int, int]] = None,
+    compact_outputs: bool = False,
+    chunk_bytes: Optional[int] = DEFAULT_CHUNK_BYTES,
 ) -> Dict:
     """All enabled outputs of one image, as :meth:`MaskFormer.forward` returns them.
 
+    Each task upsamples only what it needs (panoptic: the queries above the score threshold;
+    instance: the top-k queries, once each; semantic: all queries, band by band of output rows),
+    so beside the returned tensors at most one ``chunk_bytes`` chunk of output-resolution planes
+    is alive, plus all queries at the padded input resolution when semantic output is on.
+
     Args:
         mask_cls: [Q, K+1] class logits.
-        mask_pred: [Q, H_pad, W_pad] mask logits at the padded input resolution.
+        mask_pred: [Q, H_pad/4, W_pad/4] mask logits at stride 4 of the padded batch when
+            ``padded_size`` is given, else [Q, H_pad, W_pad] already at the padded resolution.
         image_size: (h, w) of the unpadded input; the padding is cropped off.
         height, width: output resolution.
         semantic_on, panoptic_on, instance_on: which outputs to produce.
@@ -221,37 +368,49 @@ def mask_classification_inference(
         thing_classes: contiguous thing ids; read when ``panoptic_on`` (panoptic segments, and the
             instances of a panoptic model are restricted to them).
         test_topk_per_image: see :func:`instance_inference`.
+        padded_size: (H_pad, W_pad) of the padded batch, the size of the first bilinear resize.
+        compact_outputs: return ``sem_seg`` as an int32 [height, width] label map with
+            ``sem_seg_score`` float [height, width] (its score) instead of the [K, height, width]
+            scores, and instance masks as COCO RLE (``instances.pred_masks_rle``) instead of
+            ``pred_masks``.
+        chunk_bytes: size bound of one float32 chunk of output-resolution planes; None = no
+            chunking (the results are the same).
 
     Returns:
-        dict with, as enabled, ``sem_seg`` [K, height, width], ``panoptic_seg`` and ``instances``.
+        dict with, as enabled, ``sem_seg`` [K, height, width] (or, compact, ``sem_seg`` int32
+        [height, width] and ``sem_seg_score`` [height, width]), ``panoptic_seg`` and ``instances``.
     """
+    masks = MaskLogits(mask_pred, padded_size, image_size, (height, width), chunk_bytes)
+    mask_cls = mask_cls.to(masks.dtype)
     result = {}
-    mask_prob = None
-    if sem_seg_postprocess_before_inference:
-        mask_pred = sem_seg_postprocess(mask_pred, image_size, height, width)
-        mask_cls = mask_cls.to(mask_pred)
-        if semantic_on:  # all queries' probabilities, then shared by the three tasks
-            mask_prob = mask_pred.sigmoid()
     if semantic_on:
-        r = semantic_inference(mask_cls, mask_pred, mask_prob=mask_prob)
-        if not sem_seg_postprocess_before_inference:
-            r = sem_seg_postprocess(r, image_size, height, width)
-        result["sem_seg"] = r
+        if sem_seg_postprocess_before_inference:
+            sem_seg = semantic_inference(mask_cls, masks, compact=compact_outputs, chunk_bytes=chunk_bytes)
+        else:
+            padded = semantic_inference(mask_cls, masks.padded(crop=False), chunk_bytes=None)
+            if compact_outputs:
+                sem_seg = _compact_semantic_resized(padded, image_size, (height, width), chunk_bytes)
+            else:
+                sem_seg = sem_seg_postprocess(padded, image_size, height, width, chunk_bytes=chunk_bytes)
+            del padded
+        if compact_outputs:
+            result["sem_seg"], result["sem_seg_score"] = sem_seg
+        else:
+            result["sem_seg"] = sem_seg
     if panoptic_on:
         result["panoptic_seg"] = panoptic_inference(
             mask_cls,
-            mask_pred,
+            masks,
             object_mask_threshold=object_mask_threshold,
             overlap_threshold=overlap_threshold,
             thing_classes=thing_classes,
-            mask_prob=mask_prob,
         )
     if instance_on:
         result["instances"] = instance_inference(
             mask_cls,
-            mask_pred,
+            masks,
             test_topk_per_image=test_topk_per_image,
             thing_classes=thing_classes if panoptic_on else None,
-            mask_prob=mask_prob,
+            compact=compact_outputs,
         )
     return result

@@ -81,6 +81,11 @@ class SemanticSegmentorWithTTA(nn.Module):
             for d, flipped in augmented:
                 with torch.no_grad():
                     sem_seg = self.model([d])[0]["sem_seg"]
+                if sem_seg.dim() != 3:
+                    raise ValueError(
+                        "Test-time augmentation averages [K, H, W] sem_seg scores; turn "
+                        "MODEL.MASK_FORMER.TEST.COMPACT_OUTPUTS off"
+                    )
                 if flipped:
                     sem_seg = sem_seg.flip(dims=[2])
                 total = sem_seg if total is None else total + sem_seg

@@ -7,5 +7,14 @@ from .boxes import Boxes
 from .image_list import ImageList
 from .instances import Instances
 from .masks import masks_to_boxes
+from .output_formats import instance_masks, instance_rles, semantic_labels
 
-__all__ = ["Boxes", "ImageList", "Instances", "masks_to_boxes"]
+__all__ = [
+    "Boxes",
+    "ImageList",
+    "Instances",
+    "instance_masks",
+    "instance_rles",
+    "masks_to_boxes",
+    "semantic_labels",
+]

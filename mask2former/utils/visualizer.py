@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 import torch
 
+from ..structures import instance_masks
+
 __all__ = ["Visualizer"]
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -122,7 +124,8 @@ class Visualizer:
 
         Args:
             predictions: ``Instances`` with ``pred_masks`` [N, H, W] (bool, or float > 0.5 is
-                foreground), ``scores`` [N], ``pred_classes`` [N]; boxes ``pred_boxes`` (XYXY
+                foreground) or compact ``pred_masks_rle`` (COCO RLE), ``scores`` [N],
+                ``pred_classes`` [N]; boxes ``pred_boxes`` (XYXY
                 pixels) are outlined when present and non-empty.
             score_threshold: minimum score of a drawn instance.
 
@@ -131,8 +134,7 @@ class Visualizer:
         """
         scores = _to_numpy(predictions.scores).astype(np.float64)
         classes = _to_numpy(predictions.pred_classes).astype(np.int64)
-        masks = _to_numpy(predictions.pred_masks)
-        masks = masks if masks.dtype == bool else masks > 0.5
+        masks = instance_masks(predictions)
         boxes = getattr(predictions, "pred_boxes", None)
         boxes = (
             _to_numpy(boxes.tensor if hasattr(boxes, "tensor") else boxes)

@@ -4,7 +4,6 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ...config import configurable
 from ...data.catalog import MetadataCatalog
@@ -12,6 +11,7 @@ from ...structures import ImageList
 from ...utils.registry import META_ARCH_REGISTRY
 from ..backbone.build import build_backbone
 from ..criterion import SetCriterion
+from ..mask_upsampling import DEFAULT_CHUNK_BYTES
 from ..postprocessing import mask_classification_inference
 from ..precision import float32_head_outputs, parameter_dtype
 from .common import normalized_batch, register_pixel_normalization, weighted_losses
@@ -48,6 +48,8 @@ class MaskFormer(nn.Module):
         panoptic_on: bool,
         instance_on: bool,
         test_topk_per_image: int,
+        compact_outputs: bool = False,
+        postprocess_chunk_bytes: Optional[int] = DEFAULT_CHUNK_BYTES,
     ):
         """
         Args:
@@ -72,6 +74,10 @@ class MaskFormer(nn.Module):
                 images (``INPUT.FORMAT``), 0-255 scale.
             semantic_on, panoptic_on, instance_on: which outputs to produce.
             test_topk_per_image: maximum number of instances per image.
+            compact_outputs: return semantic output as a label map + score map and instance masks
+                as COCO RLE (see :func:`mask_classification_inference`).
+            postprocess_chunk_bytes: size bound of one chunk of output-resolution mask planes in
+                post-processing (None = no chunking; results are the same).
 
         Raises:
             ValueError: ``semantic_on`` is False while ``sem_seg_postprocess_before_inference`` is False.
@@ -89,6 +95,8 @@ class MaskFormer(nn.Module):
         register_pixel_normalization(self, pixel_mean, pixel_std)
         self.semantic_on, self.panoptic_on, self.instance_on = semantic_on, panoptic_on, instance_on
         self.test_topk_per_image = test_topk_per_image
+        self.compact_outputs = compact_outputs
+        self.postprocess_chunk_bytes = postprocess_chunk_bytes
 
     @classmethod
     def from_config(cls, cfg):
@@ -113,6 +121,7 @@ class MaskFormer(nn.Module):
             instance_on=test.INSTANCE_ON,
             panoptic_on=test.PANOPTIC_ON,
             test_topk_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
+            compact_outputs=test.COMPACT_OUTPUTS,
         )
 
     @property
@@ -140,7 +149,10 @@ class MaskFormer(nn.Module):
             ``panoptic_seg`` ``(int32 [height, width] segment ids, segments_info list of
             {"id", "isthing", "category_id"})``;
             ``instances`` :class:`Instances` with ``pred_masks`` float [N, height, width],
-            ``pred_boxes``, ``scores`` [N] and ``pred_classes`` [N].
+            ``pred_boxes``, ``scores`` [N] and ``pred_classes`` [N]. With ``compact_outputs``,
+            ``sem_seg`` is int32 [height, width] class ids with ``sem_seg_score`` float
+            [height, width], and instances carry ``pred_masks_rle`` (COCO RLE) instead of
+            ``pred_masks``.
 
         Raises:
             RuntimeError: training without a criterion.
@@ -156,15 +168,14 @@ class MaskFormer(nn.Module):
 
         # post-processing in float32, whatever the network's dtype
         outputs = float32_head_outputs(outputs)
-        # Mask logits at the padded input resolution; each image's inference crops its own part.
-        padded_masks = F.interpolate(
-            outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
-        )
-        per_image = zip(outputs["pred_logits"], padded_masks, images.image_sizes, batched_inputs)
-        return [self.inference_single_image(*image_outputs) for image_outputs in per_image]
+        # Stride-4 mask logits; post-processing upsamples, per task, only the queries it keeps.
+        padded_size = tuple(images.tensor.shape[-2:])
+        per_image = zip(outputs["pred_logits"], outputs["pred_masks"], images.image_sizes, batched_inputs)
+        return [self.inference_single_image(*image_outputs, padded_size=padded_size) for image_outputs in per_image]
 
-    def inference_single_image(self, mask_cls, mask_pred, image_size, batched_input) -> Dict:
-        """Outputs of one image from its class logits [Q, K+1] and mask logits [Q, H_pad, W_pad]."""
+    def inference_single_image(self, mask_cls, mask_pred, image_size, batched_input, *, padded_size=None) -> Dict:
+        """Outputs of one image from its class logits [Q, K+1] and mask logits: [Q, H_pad/4, W_pad/4]
+        with ``padded_size`` (H_pad, W_pad) given, else [Q, H_pad, W_pad]."""
         height = batched_input.get("height", image_size[0])
         width = batched_input.get("width", image_size[1])
         return mask_classification_inference(
@@ -181,6 +192,9 @@ class MaskFormer(nn.Module):
             overlap_threshold=self.overlap_threshold,
             thing_classes=self.thing_classes if self.panoptic_on else None,
             test_topk_per_image=self.test_topk_per_image,
+            padded_size=padded_size,
+            compact_outputs=self.compact_outputs,
+            chunk_bytes=self.postprocess_chunk_bytes,
         )
 
     @property
