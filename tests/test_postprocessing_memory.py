@@ -184,7 +184,7 @@ def test_only_kept_queries_are_upsampled(reference_dir, count_upsampling):
 @pytest.mark.parametrize("fixture", ["thin_r50_coco_panoptic", "thin_r50_ade20k_semantic", "thin_swin_coco_instance"])
 def test_compact_outputs_equal_default(reference_dir, fixture):
     """Compact semantic output is exactly the argmax/max of the default scores; compact instance
-    masks decode to exactly the default masks; everything else is unchanged."""
+    masks decode to exactly the default masks; scores equal to float rounding."""
     npz, mask_cls, low, padded = _inputs(reference_dir, fixture)
     kwargs = _kwargs(fixture)
     default = _infer(npz, mask_cls, low, padded, kwargs)
@@ -202,7 +202,9 @@ def test_compact_outputs_equal_default(reference_dir, fixture):
             assert not inst.has("pred_masks") and len(inst.pred_masks_rle) == len(ref) > 0
             decoded = mask_util.decode(inst.pred_masks_rle).transpose(2, 0, 1)
             assert np.array_equal(decoded, ref.pred_masks.numpy().astype(np.uint8))
-            assert torch.equal(inst.scores, ref.scores) and torch.equal(inst.pred_classes, ref.pred_classes)
+            # mask sums reduced over other chunk shapes: equal to float rounding (threads split them)
+            torch.testing.assert_close(inst.scores, ref.scores, atol=1e-7, rtol=1e-6)
+            assert torch.equal(inst.pred_classes, ref.pred_classes)
 
 
 def test_evaluators_accept_both_formats(reference_dir, datasets_root, tmp_path):

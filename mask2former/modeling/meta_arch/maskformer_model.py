@@ -173,6 +173,7 @@ class MaskFormer(nn.Module):
         per_image = zip(outputs["pred_logits"], outputs["pred_masks"], images.image_sizes, batched_inputs)
         return [self.inference_single_image(*image_outputs, padded_size=padded_size) for image_outputs in per_image]
 
+    @torch.no_grad()  # post-processing is not differentiable (and writes into preallocated outputs)
     def inference_single_image(self, mask_cls, mask_pred, image_size, batched_input, *, padded_size=None) -> Dict:
         """Outputs of one image from its class logits [Q, K+1] and mask logits: [Q, H_pad/4, W_pad/4]
         with ``padded_size`` (H_pad, W_pad) given, else [Q, H_pad, W_pad]."""
