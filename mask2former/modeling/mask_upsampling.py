@@ -168,6 +168,8 @@ class MaskLogits:
         """All queries' logits on output rows ``start..stop-1``, [Q, stop - start, width]."""
         if self._at_output:
             return self._low[:, start:stop]
+        if self.image_size == self.output_size:  # outputs at the input size: the resize is a copy
+            return self.padded()[:, start:stop]
         return resize_bilinear_rows(self.padded(), self.output_size, (start, stop))
 
     def row_bands(self, channels: int) -> Iterator[Tuple[int, int]]:
