@@ -10,7 +10,6 @@ the returned tensors.
 """
 from typing import Collection, Dict, List, Optional, Tuple, Union
 
-import numpy as np
 import pycocotools.mask as mask_util
 import torch
 from torch.nn import functional as F

@@ -175,33 +175,41 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         with_aux = self.training or self.return_aux_outputs
         levels = self.num_feature_levels
 
-        predictions = []
-        for layer in range(self.num_layers + 1):
-            if layer > 0:
-                output = self.transformer_cross_attention_layers[layer - 1](
-                    output, src[level], memory_mask=attn_mask, memory_key_padding_mask=None,
-                    pos=pos[level], query_pos=query_embed,
-                )
-                output = self.transformer_self_attention_layers[layer - 1](output, query_pos=query_embed)
-                output = self.transformer_ffn_layers[layer - 1](output)
-            if layer == self.num_layers:
-                predictions.append(self.forward_prediction_heads(output, mask_features, None)[:2])
-                break
+        predictions = []  # (class logits, mask logits) of the learnable queries and every layer
+        attn_mask = self.next_attention_mask(output, mask_features, sizes[0], predictions if with_aux else None)
+        for layer in range(self.num_layers):
             level = layer % levels
-            if with_aux:
-                class_logits, mask_logits, attn_mask = self.forward_prediction_heads(
-                    output, mask_features, sizes[level]
+            output = self.transformer_cross_attention_layers[layer](
+                output, src[level], memory_mask=attn_mask, memory_key_padding_mask=None,
+                pos=pos[level], query_pos=query_embed,
+            )
+            output = self.transformer_self_attention_layers[layer](output, query_pos=query_embed)
+            output = self.transformer_ffn_layers[layer](output)
+            if layer + 1 < self.num_layers:
+                attn_mask = self.next_attention_mask(
+                    output, mask_features, sizes[(layer + 1) % levels], predictions if with_aux else None
                 )
-                predictions.append((class_logits, mask_logits))
-            else:
-                attn_mask = self.attention_mask(self.resized_mask_logits(output, mask_features, sizes[level]))
-            # A query whose mask covers no pixel would attend to nothing: let it attend everywhere.
-            attn_mask = attn_mask & ~attn_mask.all(dim=-1, keepdim=True)
+        predictions.append(self.forward_prediction_heads(output, mask_features, None)[:2])
 
         result = {"pred_logits": predictions[-1][0], "pred_masks": predictions[-1][1]}
         if with_aux:
             result["aux_outputs"] = [{"pred_logits": c, "pred_masks": m} for c, m in predictions[:-1]]
         return result
+
+    def next_attention_mask(
+        self, output: torch.Tensor, mask_features: torch.Tensor, size: Tuple[int, int], predictions: Optional[list]
+    ) -> torch.Tensor:
+        """The attention mask [N*heads, Q, h*w] of the next layer, attending to the level of
+        ``size`` = (h, w), from the queries [Q, N, C]. With ``predictions`` (a list) the layer's
+        class and stride-4 mask logits are computed and appended to it; without, the masks are
+        computed only at the pixels the resize reads (:meth:`resized_mask_logits`)."""
+        if predictions is None:
+            attn_mask = self.attention_mask(self.resized_mask_logits(output, mask_features, size))
+        else:
+            class_logits, mask_logits, attn_mask = self.forward_prediction_heads(output, mask_features, size)
+            predictions.append((class_logits, mask_logits))
+        # A query whose mask covers no pixel would attend to nothing: let it attend everywhere.
+        return attn_mask & ~attn_mask.all(dim=-1, keepdim=True)
 
     def forward_prediction_heads(
         self, output: torch.Tensor, mask_features: torch.Tensor, attn_mask_target_size: Optional[Tuple[int, int]]
