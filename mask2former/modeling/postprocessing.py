@@ -298,7 +298,8 @@ def instance_inference(
     chunks = ((0, mask_pred[queries]),) if mask_prob is not None else masks.query_chunks(queries)
     for start, logits in chunks:
         stop = start + len(logits)
-        query_masks = (logits > 0).to(masks.dtype)
+        foreground = logits > 0
+        query_masks = foreground.to(masks.dtype)
         probs = mask_prob[queries] if mask_prob is not None else logits.sigmoid()
         flat_masks = query_masks.flatten(1)
         query_scores[start:stop] = (probs.flatten(1) * flat_masks).sum(1) / (flat_masks.sum(1) + 1e-6)
@@ -309,7 +310,7 @@ def instance_inference(
             boxes[targets] = masks_to_boxes(query_masks).tensor[sources]
         if compact:
             # [n, W, H] C-contiguous = [H, W, n] Fortran-contiguous, as pycocotools expects
-            binary = (logits > 0).to(torch.uint8).permute(0, 2, 1).contiguous().cpu().numpy()
+            binary = foreground.to(torch.uint8).permute(0, 2, 1).contiguous().cpu().numpy()
             encoded = mask_util.encode(binary.transpose(2, 1, 0))
             for i, j in zip(targets.tolist(), sources.tolist()):
                 rles[i] = dict(encoded[j])

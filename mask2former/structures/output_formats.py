@@ -1,4 +1,4 @@
-"""Readers of the two inference output formats (default and ``TEST.COMPACT_OUTPUTS``).
+"""Readers of the two inference output formats (default and ``MODEL.MASK_FORMER.TEST.COMPACT_OUTPUTS``).
 
 Default: ``sem_seg`` float [K, H, W] class scores; ``instances.pred_masks`` [N, H, W].
 Compact: ``sem_seg`` int32 [H, W] class ids (with ``sem_seg_score`` [H, W]);
