@@ -27,12 +27,15 @@ from mask2former.modeling.precision import PRECISIONS, precision_dtype, prepare_
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOW = ["bfloat16", "float16"]
 FIXTURES = ["thin_r50_coco_panoptic", "thin_swin_coco_instance", "thin_r50_ade20k_semantic"]
-# Agreement with float32 over the fixture's 3 images (pixel-weighted). The thin fixtures are random
-# networks with a scaled-up class head, so many pixels are near-ties; bfloat16 (8-bit mantissa)
-# moves the head outputs by ~1-2% relative (measured: 95.6-100% per image), float16 (11-bit) by
-# 8 times less (measured >= 99.5%). The bounds sit below the measured figures, above what a wrong
-# cast (e.g. float32 position embeddings, 16-bit sampling locations off by a pixel) gives.
-MIN_AGREEMENT = {"bfloat16": 0.95, "float16": 0.99}
+# Relative L2 error of the head outputs (pred_masks, pred_logits) against float32, per image:
+# bfloat16 (8-bit mantissa) measured 0.6-2.7%, float16 (11-bit) 0.09-0.4%. A wrong cast (e.g.
+# 16-bit sampling locations, off by a pixel on the finest level) gives several times more.
+MAX_HEAD_ERROR = {"bfloat16": 0.05, "float16": 0.008}
+# Agreement of the post-processed maps with float32 over the fixture's 3 images (pixel-weighted).
+# The thin fixtures are random networks with a scaled-up class head, so many pixels are near-ties
+# and whole segments cross the 0.8 score threshold: with the same head error, bfloat16 measured
+# 88-100% per image (it moves with the thread count), float16 >= 99.3%.
+MIN_AGREEMENT = {"bfloat16": 0.9, "float16": 0.99}
 
 
 def _fixture_cfg(reference_dir, fixture, precision="float32"):
@@ -116,10 +119,17 @@ def test_network_runs_in_low_precision_and_agrees_with_float32(reference_dir, fi
         npz = np.load(path)
         inputs.append([{"image": torch.from_numpy(npz["image"]), "height": int(npz["height"]),
                         "width": int(npz["width"])}])
+    heads = {"reference": [], "model": []}
+    for name, m in (("reference", reference), ("model", model)):
+        m.sem_seg_head.register_forward_hook(lambda mod, args, out, name=name: heads[name].append(out))
     with torch.no_grad():
         references = [reference(x)[0] for x in inputs]
         recorder = DtypeRecorder(model, monkeypatch)
         results = [model(x)[0] for x in inputs]
+    for expected, actual in zip(heads["reference"], heads["model"]):
+        for key in ("pred_masks", "pred_logits"):
+            error = (actual[key].float() - expected[key]).norm() / expected[key].norm()
+            assert error < MAX_HEAD_ERROR[precision], (key, float(error))
     agree = {"sem_seg": [], "panoptic_seg": []}
     for expected, actual in zip(references, results):
         assert set(actual) == set(expected)
