@@ -354,8 +354,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
         n = memory.shape[0]
         sizes = [src.shape[2] * src.shape[3] for src in srcs]
+        # [N, h*w, C] -> [N, C, h, w] as a channels-last view (no copy), with strides that
+        # interpolate and the convolutions recognise as channels-last
         out = [
-            z.transpose(1, 2).view(n, memory.shape[2], src.shape[2], src.shape[3])
+            z.reshape(n, src.shape[2], src.shape[3], memory.shape[2]).permute(0, 3, 1, 2)
             for z, src in zip(memory.split(sizes, dim=1), srcs)
         ]
         for lateral_conv, output_conv, name in zip(
@@ -364,7 +366,12 @@ class MSDeformAttnPixelDecoder(nn.Module):
             cur_fpn = lateral_conv(features[name].to(dtype))
             upsampled = F.interpolate(out[-1], size=cur_fpn.shape[-2:], mode="bilinear", align_corners=False)
             out.append(output_conv(cur_fpn + upsampled))
-        return self.mask_features(out[-1]), out[0], out[: self.maskformer_num_feature_levels]
+        mask_features = self.mask_features(out[-1])
+        if mask_features.dtype != torch.float32:
+            # the decoder's mask einsums read it as [N, C, H*W]: 16-bit batched matmuls copy a
+            # channels-last operand on every call, float32 ones read it in place
+            mask_features = mask_features.contiguous()
+        return mask_features, out[0], out[: self.maskformer_num_feature_levels]
 
     def forward(self, features: Dict[str, torch.Tensor]):
         """Same as :meth:`forward_features`."""

@@ -74,7 +74,8 @@ class SelfAttentionLayer(_ResidualSublayer):
         def attend(x: torch.Tensor) -> torch.Tensor:
             queries = _with_pos(x, query_pos)
             return self.self_attn(
-                queries, queries, x, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask
+                queries, queries, x, attn_mask=tgt_mask, key_padding_mask=tgt_key_padding_mask,
+                need_weights=False,
             )[0]
 
         return self._residual(tgt, attend)
@@ -109,8 +110,10 @@ class CrossAttentionLayer(_ResidualSublayer):
         def attend(x: torch.Tensor) -> torch.Tensor:
             queries = _with_pos(x, query_pos)
             padding = memory_key_padding_mask
+            # need_weights=False: the fused attention kernel, no [N, Q, HW] head-averaged weights
             attended, _ = self.multihead_attn(
-                queries, keys, memory, attn_mask=memory_mask, key_padding_mask=padding
+                queries, keys, memory, attn_mask=memory_mask, key_padding_mask=padding,
+                need_weights=False,
             )
             return attended
 
