@@ -172,12 +172,12 @@ class MaskLogits:
             return self.padded()[:, start:stop]
         return resize_bilinear_rows(self.padded(), self.output_size, (start, stop))
 
-    def row_bands(self, channels: int) -> Iterator[Tuple[int, int]]:
+    def row_bands(self, channels: int, chunk_bytes: Optional[int] = None) -> Iterator[Tuple[int, int]]:
         """``(start, stop)`` output-row bands such that a [max(Q, channels), band, width] float32
-        tensor fits in ``chunk_bytes``."""
+        tensor fits in ``chunk_bytes`` (``self.chunk_bytes`` when None)."""
         height, width = self.output_size
         row = max(self.num_queries, channels) * width * 4
-        return band_ranges(height, chunk_length(height, row, self.chunk_bytes))
+        return band_ranges(height, chunk_length(height, row, chunk_bytes or self.chunk_bytes))
 
 
 def band_ranges(length: int, step: int) -> List[Tuple[int, int]]:
