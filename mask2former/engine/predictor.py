@@ -81,7 +81,8 @@ class Predictor:
         """Predict several BGR uint8 [H, W, 3] images; returns one output dict per image, in order.
 
         Images whose padded network inputs have the same size run in one forward pass; the
-        others in separate passes, so padding never makes a result differ from ``self(image)``.
+        others in separate passes, so padding never makes a result differ from ``self(image)``
+        (beyond float rounding: some CPU kernels sum in another order for a batch).
         """
         inputs = [self._prepare(image) for image in images]
         outputs: List[Dict] = [{} for _ in images]

@@ -8,9 +8,11 @@ Kept in float32, for accuracy:
 - input normalisation (``pixel_mean`` / ``pixel_std``, ``(x - mean) / std`` on the 0-255 image,
   cast to the network dtype afterwards): the 0-255 means are not exact in bfloat16 (123.675 ->
   123.5);
-- batch-norm statistics and affine parameters (``FrozenBatchNorm2d``, ``BatchNorm2d``): the kernels
-  read float32 parameters with 16-bit inputs and fold ``rsqrt(var + eps)`` in float32; running
-  variances can leave float16's range (below 6e-5, above 65504);
+- batch-norm statistics: frozen batch norms (``FrozenBatchNorm2d``, the published backbones') are
+  folded into their convolutions in float32 before the cast (one rounding of ``W * scale``, see
+  :func:`~mask2former.layers.fold_frozen_batchnorm`); trainable ``BatchNorm2d`` layers keep float32
+  parameters, which their kernels read with 16-bit inputs (running variances can leave float16's
+  range: below 6e-5, above 65504);
 - the deformable-attention sampling locations (reference point + offset / level size) and the
   attention-weight softmax (see :class:`~mask2former.layers.MSDeformAttn`): a normalised
   coordinate in [0.5, 1) has a bfloat16 spacing of 2^-8, 0.6 pixel on a 152-pixel level;
@@ -18,10 +20,11 @@ Kept in float32, for accuracy:
   the boundary of the network, :func:`float32_head_outputs`): score products, argmax and the
   sigmoid >= 0.5 thresholds run in float32.
 
-On the CPU, :func:`prepare_for_inference` also stores the convolution weights channels-last
+In every precision, :func:`prepare_for_inference` folds the frozen batch norms (one pass over each
+convolution's output instead of two) and, on the CPU, stores the convolution weights channels-last
 (NHWC), so that oneDNN's convolutions read and write NHWC activations without reordering them on
 every call (measured about 25% faster for the ResNet-50 backbone in float32, 35% in bfloat16).
-Results equal the NCHW ones to float rounding (a different summation order), not bit for bit.
+Results equal the unprepared model's to float rounding (another summation order), not bit for bit.
 
 Training keeps float32 parameters and ``SOLVER.AMP`` (autocast); so does the periodic evaluation
 during training, which evaluates the training model as it is.
@@ -31,6 +34,7 @@ from typing import Dict
 import torch
 from torch import nn
 
+from ..layers.fusion import fold_frozen_batchnorm
 from ..layers.norm import FrozenBatchNorm2d
 
 __all__ = [
@@ -65,10 +69,12 @@ def precision_dtype(precision: str) -> torch.dtype:
 
 
 def prepare_for_inference(model: nn.Module, precision: str) -> nn.Module:
-    """Put ``model`` in eval mode and cast, in place, its floating-point parameters and buffers to
-    the ``TEST.PRECISION`` dtype, except the float32 ones listed in the module docstring
-    (batch-norm layers, ``pixel_mean`` / ``pixel_std``), and, on the CPU, store its 4-D weights
-    channels-last (see the module docstring). The model is then for inference only.
+    """Put ``model`` in eval mode, fold its frozen batch norms into their convolutions, on the CPU
+    store its 4-D weights channels-last, and cast, in place, its floating-point parameters and
+    buffers to the ``TEST.PRECISION`` dtype, except the float32 ones listed in the module docstring
+    (trainable batch norms, ``pixel_mean`` / ``pixel_std``). The model is then for inference only:
+    its state dict no longer has the published layout (see
+    :func:`~mask2former.layers.fold_frozen_batchnorm`).
 
     Args:
         model: e.g. a :class:`~mask2former.modeling.meta_arch.MaskFormer`, on its device.
@@ -78,21 +84,33 @@ def prepare_for_inference(model: nn.Module, precision: str) -> nn.Module:
         ``model`` itself.
 
     Raises:
-        ValueError: for an unknown ``precision`` (see :func:`precision_dtype`).
+        ValueError: for an unknown ``precision`` (see :func:`precision_dtype`), or naming the first
+            parameter with values beyond the dtype's range (float16: above 65504); nothing is cast
+            then (the model stays float32, folded).
     """
     dtype = precision_dtype(precision)
     model.eval()
+    fold_frozen_batchnorm(model)
     if all(p.device.type == "cpu" for p in model.parameters()):
         model.to(memory_format=torch.channels_last)
     if dtype == torch.float32:
         return model
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, _FLOAT32_MODULES):
-                continue
+        low = [(prefix, m) for prefix, m in model.named_modules() if not isinstance(m, _FLOAT32_MODULES)]
+        cast = []  # every parameter is cast and checked before any is replaced
+        for prefix, module in low:
             for name, param in module.named_parameters(recurse=False):
                 if param.is_floating_point():
-                    param.data = param.data.to(dtype)
+                    value = param.data.to(dtype)
+                    if not bool(value.isfinite().all()) and bool(param.isfinite().all()):
+                        raise ValueError(
+                            f"TEST.PRECISION={precision}: parameter {prefix}.{name} has values beyond "
+                            f"{dtype}'s range (largest finite {torch.finfo(dtype).max:g})"
+                        )
+                    cast.append((param, value))
+        for param, value in cast:
+            param.data = value
+        for _, module in low:
             for name, buffer in module.named_buffers(recurse=False):
                 if buffer.is_floating_point() and name not in _FLOAT32_BUFFERS:
                     setattr(module, name, buffer.to(dtype))

@@ -354,10 +354,11 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
         n = memory.shape[0]
         sizes = [src.shape[2] * src.shape[3] for src in srcs]
-        # [N, h*w, C] -> [N, C, h, w] as a channels-last view (no copy), with strides that
-        # interpolate and the convolutions recognise as channels-last
+        # [N, h*w, C] -> [N, C, h, w] channels-last: a view for one image, a copy for a batch (whose
+        # level slices are strided), so that interpolate takes its channels-last kernel either way
         out = [
             z.reshape(n, src.shape[2], src.shape[3], memory.shape[2]).permute(0, 3, 1, 2)
+            .contiguous(memory_format=torch.channels_last)
             for z, src in zip(memory.split(sizes, dim=1), srcs)
         ]
         for lateral_conv, output_conv, name in zip(
