@@ -1,8 +1,7 @@
 // The CPU kernels of ms_deform_attn_cpu_kernels.h compiled for AVX-512 (F, BW, VL, DQ; 16 float
 // lanes) + FMA with GCC's target pragma, so that the rest of the extension keeps the baseline
-// instruction set. Headers are included before the pragma (except the declarations of
-// sleef.h, which depend on the target: ms_deform_attn_cpu_kernels.h includes it), so that only the
-// kernels get the new target.
+// instruction set. Headers are included before the pragma: only the kernels get the new
+// target.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -23,6 +22,7 @@
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define MASK2FORMER_HAVE_AVX512_KERNELS 1
 #pragma GCC push_options
+#define MASK2FORMER_KERNELS_AVX512 1
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")
 #else
 #define MASK2FORMER_HAVE_AVX512_KERNELS 0

@@ -24,13 +24,20 @@
 #include <cmath>
 #include <vector>
 
-// SLEEF (linked into libtorch_cpu, which exports it for ATen's vectorised math) declares its
-// AVX2 / AVX-512 functions only under the matching target macros, set by the builds' pragmas.
-#if defined(__x86_64__) && defined(__has_include)
+// The AVX2 and AVX-512 builds (MASK2FORMER_KERNELS_AVX2 / _AVX512, defined by their files) take
+// float32 exp from SLEEF, which libtorch_cpu links in and exports for ATen's vectorised math
+// (torch.exp); its header ships with torch but declares these functions only when the compiler's
+// own target has the instruction set, not under a target pragma, hence the declarations here.
+#if (defined(MASK2FORMER_KERNELS_AVX512) || defined(MASK2FORMER_KERNELS_AVX2)) && defined(__has_include)
 #if __has_include(<sleef.h>)
-#include <immintrin.h>
-#include <sleef.h>
 #define MASK2FORMER_HAVE_SLEEF 1
+extern "C" {
+#if defined(MASK2FORMER_KERNELS_AVX512)
+__m512 Sleef_expf16_u10(__m512);
+#else
+__m256 Sleef_expf8_u10(__m256);
+#endif
+}
 #endif
 #endif
 #ifndef MASK2FORMER_HAVE_SLEEF
@@ -146,63 +153,90 @@ inline void exp_in_place(coord_t* x, int64_t n) {
   }
 }
 
-#if MASK2FORMER_HAVE_SLEEF && (defined(__AVX512F__) || defined(__AVX2__))
+#if MASK2FORMER_HAVE_SLEEF
 template <>
 inline void exp_in_place<float>(float* x, int64_t n) {
-#if defined(__AVX512F__)
+#if defined(MASK2FORMER_KERNELS_AVX512)
   constexpr int64_t kLanes = 16;
 #else
   constexpr int64_t kLanes = 8;
 #endif
-  for (int64_t i = 0; i < n; i += kLanes) {
-    const int64_t count = std::min(kLanes, n - i);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#if defined(MASK2FORMER_KERNELS_AVX512)
+    _mm512_storeu_ps(x + i, Sleef_expf16_u10(_mm512_loadu_ps(x + i)));
+#else
+    _mm256_storeu_ps(x + i, Sleef_expf8_u10(_mm256_loadu_ps(x + i)));
+#endif
+  }
+  if (i < n) {
     alignas(64) float lanes[kLanes] = {};
-    std::copy(x + i, x + i + count, lanes);
-#if defined(__AVX512F__)
+    std::copy(x + i, x + n, lanes);
+#if defined(MASK2FORMER_KERNELS_AVX512)
     _mm512_store_ps(lanes, Sleef_expf16_u10(_mm512_load_ps(lanes)));
 #else
     _mm256_store_ps(lanes, Sleef_expf8_u10(_mm256_load_ps(lanes)));
 #endif
-    std::copy(lanes, lanes + count, x + i);
+    std::copy(lanes, lanes + (n - i), x + i);
   }
 }
 #endif
 
-// Sampling locations and attention weights of one (batch, query, head) for the fused forward:
-// loc[l, p] = reference[l] + offsets[l, p] / (W_l, H_l), rounded as torch.addcdiv rounds it
-// (reference and normalizer are [L, P, 2]: the query's reference point and (W_l, H_l) repeated
-// over the points), and attn = softmax(logits) over the L * P logits, computed as ATen's CPU
-// softmax over a short last dimension does: maximum, exp of the differences, sequential sum,
-// multiplication by its reciprocal. A NaN or infinite logit makes every weight NaN, as in
-// F.softmax. The exponential (exp_in_place) need not be the one of ATen's softmax, so weights may
-// differ from F.softmax's by a few ulps.
+// Sampling locations and attention weights of the M heads of one (batch, query) for the fused
+// forward: loc[m, l, p] = reference[l] + offsets[m, l, p] / (W_l, H_l), rounded as torch.addcdiv
+// rounds it (reference and normalizer are [L, P, 2]: the query's reference point and (W_l, H_l)
+// repeated over the points), and attn[m] = softmax(logits[m]) over the L * P logits of head m,
+// computed as ATen's CPU softmax over a short last dimension does: maximum, exp of the
+// differences, sequential sum, multiplication by its reciprocal (the heads are interleaved so that
+// their sums proceed side by side, each in its own order). A NaN or infinite logit makes its
+// head's weights NaN, as in F.softmax. The exponential (exp_in_place) need not be the one of
+// ATen's softmax, so weights may differ from F.softmax's by a few ulps. head_max and head_sum are
+// M scratch values.
 template <typename coord_t>
 inline void locations_and_weights(
+    int64_t heads,
     int64_t level_points,
     const coord_t* __restrict__ normalizer,
     const coord_t* __restrict__ reference,
     const coord_t* __restrict__ offsets,
     const coord_t* __restrict__ logits,
     coord_t* __restrict__ loc,
-    coord_t* __restrict__ attn) {
-  for (int64_t i = 0; i < 2 * level_points; ++i) {
-    loc[i] = reference[i] + offsets[i] / normalizer[i];
+    coord_t* __restrict__ attn,
+    coord_t* __restrict__ head_max,
+    coord_t* __restrict__ head_sum) {
+  const int64_t coords = 2 * level_points;
+  for (int64_t m = 0; m < heads; ++m) {
+    for (int64_t i = 0; i < coords; ++i) {
+      loc[m * coords + i] = reference[i] + offsets[m * coords + i] / normalizer[i];
+    }
   }
-  coord_t max_logit = logits[0];
+  for (int64_t m = 0; m < heads; ++m) {
+    head_max[m] = logits[m * level_points];
+  }
   for (int64_t i = 1; i < level_points; ++i) {
-    max_logit = std::max(max_logit, logits[i]);
+    for (int64_t m = 0; m < heads; ++m) {
+      head_max[m] = std::max(head_max[m], logits[m * level_points + i]);
+    }
   }
-  for (int64_t i = 0; i < level_points; ++i) {
-    attn[i] = logits[i] - max_logit;
+  for (int64_t m = 0; m < heads; ++m) {
+    for (int64_t i = 0; i < level_points; ++i) {
+      attn[m * level_points + i] = logits[m * level_points + i] - head_max[m];
+    }
   }
-  exp_in_place(attn, level_points);
-  coord_t sum = attn[0];
+  exp_in_place(attn, heads * level_points);
+  for (int64_t m = 0; m < heads; ++m) {
+    head_sum[m] = attn[m * level_points];
+  }
   for (int64_t i = 1; i < level_points; ++i) {
-    sum += attn[i];
+    for (int64_t m = 0; m < heads; ++m) {
+      head_sum[m] += attn[m * level_points + i];
+    }
   }
-  const coord_t inv_sum = coord_t(1) / sum;
-  for (int64_t i = 0; i < level_points; ++i) {
-    attn[i] *= inv_sum;
+  for (int64_t m = 0; m < heads; ++m) {
+    const coord_t inv_sum = coord_t(1) / head_sum[m];
+    for (int64_t i = 0; i < level_points; ++i) {
+      attn[m * level_points + i] *= inv_sum;
+    }
   }
 }
 
@@ -232,8 +266,10 @@ void fused_forward_kernel(
     std::vector<acc_t> acc(channels);
     const std::vector<scalar_t> zeros(channels, scalar_t(0));
     std::vector<coord_t> reference(2 * level_points);
-    std::vector<coord_t> loc(2 * level_points);
-    std::vector<coord_t> attn(level_points);
+    std::vector<coord_t> loc(sz.heads * 2 * level_points);
+    std::vector<coord_t> attn(sz.heads * level_points);
+    std::vector<coord_t> head_max(sz.heads);
+    std::vector<coord_t> head_sum(sz.heads);
     for (int64_t nq = begin; nq < end; ++nq) {
       const scalar_t* value_n = value + nq / sz.queries * sz.spatial * sz.heads * channels;
       const coord_t* reference_nq = reference_points + nq * sz.levels * 2;
@@ -241,14 +277,14 @@ void fused_forward_kernel(
         reference[2 * lp] = reference_nq[2 * (lp / sz.points)];
         reference[2 * lp + 1] = reference_nq[2 * (lp / sz.points) + 1];
       }
+      locations_and_weights(
+          sz.heads, level_points, normalizer.data(), reference.data(),
+          sampling_offsets + nq * sz.heads * level_points * 2, attention_logits + nq * sz.heads * level_points,
+          loc.data(), attn.data(), head_max.data(), head_sum.data());
       for (int64_t m = 0; m < sz.heads; ++m) {
-        const int64_t nqm = nq * sz.heads + m;
-        locations_and_weights(
-            level_points, normalizer.data(), reference.data(), sampling_offsets + nqm * level_points * 2,
-            attention_logits + nqm * level_points, loc.data(), attn.data());
         sample_head<kChannels>(
-            sz, value_n + m * channels, shapes, starts, loc.data(), attn.data(), acc.data(), zeros.data(),
-            output + nqm * channels);
+            sz, value_n + m * channels, shapes, starts, loc.data() + m * level_points * 2,
+            attn.data() + m * level_points, acc.data(), zeros.data(), output + (nq * sz.heads + m) * channels);
       }
     }
   });
