@@ -73,10 +73,33 @@ inline void add_bilinear_sample(
   }
 }
 
+// Points whose corners sample_head computes (and prefetches) before summing their samples, with a
+// compile-time channel count (other counts add each sample at once, unprefetched: batching did not
+// pay there).
+constexpr int64_t kPointBatch = 16;
+// Pixels of a head smaller than this (a cache line) are not prefetched: small maps stay cached.
+constexpr int64_t kMinPrefetchBytes = 64;
+
+// Asks the CPU to start loading the `bytes` bytes at p into the cache.
+inline void prefetch(const void* p, int64_t bytes) {
+#if defined(__GNUC__)
+  const char* c = static_cast<const char*>(p);
+  for (int64_t offset = 0; offset < bytes; offset += 64) {
+    __builtin_prefetch(c + offset);
+  }
+  __builtin_prefetch(c + bytes - 1);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
 // out = sum over the L * P points of attn[lp] * (bilinear sample of value_nm at loc[lp]) for one
 // (batch, query, head): value_nm points at channel 0 of head m in batch n's value, loc is [L, P, 2]
 // and attn [L, P]; acc (channels op-math scratch values) and zeros (channels zeros) belong to the
-// calling task.
+// calling task. The corners of up to kPointBatch points are computed, and their pixels prefetched,
+// before the samples are added (in point order, so the sums do not change), so that the scattered
+// reads overlap.
 template <int64_t kChannels, typename scalar_t, typename coord_t>
 inline void sample_head(
     const MSDeformAttnSizes& sz,
@@ -91,7 +114,18 @@ inline void sample_head(
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t channels = kChannels > 0 ? kChannels : sz.channels;
   const int64_t pixel_stride = sz.heads * sz.channels;
+  const int64_t pixel_bytes = channels * static_cast<int64_t>(sizeof(scalar_t));
   std::fill(acc, acc + channels, acc_t(0));
+  constexpr int64_t batch = kChannels > 0 ? kPointBatch : 1;
+  const scalar_t* v[batch][4];
+  acc_t coef[batch][4];
+  int64_t pending = 0;
+  const auto add_pending = [&]() {
+    for (int64_t i = 0; i < pending; ++i) {
+      add_bilinear_sample<kChannels>(acc, v[i], coef[i], channels);
+    }
+    pending = 0;
+  };
   for (int64_t l = 0; l < sz.levels; ++l) {
     const scalar_t* value_l = value_nm + starts[l] * pixel_stride;
     for (int64_t p = 0; p < sz.points; ++p) {
@@ -103,15 +137,23 @@ inline void sample_head(
         continue;
       }
       const acc_t a = static_cast<acc_t>(attn[lp]);
-      const scalar_t* v[4];
-      acc_t coef[4];
       for (int k = 0; k < 4; ++k) {
-        v[k] = c.pixel[k] >= 0 ? value_l + c.pixel[k] * pixel_stride : zeros;
-        coef[k] = a * c.weight[k];
+        if (c.pixel[k] >= 0) {
+          v[pending][k] = value_l + c.pixel[k] * pixel_stride;
+          if (batch > 1 && pixel_bytes >= kMinPrefetchBytes) {
+            prefetch(v[pending][k], pixel_bytes);
+          }
+        } else {
+          v[pending][k] = zeros;
+        }
+        coef[pending][k] = a * c.weight[k];
       }
-      add_bilinear_sample<kChannels>(acc, v, coef, channels);
+      if (++pending == batch) {
+        add_pending();
+      }
     }
   }
+  add_pending();
   for (int64_t d = 0; d < channels; ++d) {
     out[d] = static_cast<scalar_t>(acc[d]);
   }
