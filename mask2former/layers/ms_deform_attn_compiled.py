@@ -156,8 +156,10 @@ def ms_deform_attn_fused_inference(
     the same locations) and ``attention_weights = F.softmax(attention_logits, -1)`` reshaped to
     [N, Lq, heads, L, P]; the softmax is computed in the coordinates' dtype as ATen's CPU softmax
     over a short last dimension (maximum, exponentials, sequential sum, multiplication by its
-    reciprocal), with SLEEF's float32 exp in the AVX2 / AVX-512 builds (torch.exp's), so the
-    weights may differ from ``F.softmax``'s by a few float32 ulps.
+    reciprocal), with SLEEF's float32 exp in the AVX2 / AVX-512 builds (torch.exp's): the weights
+    are ``F.softmax``'s bit for bit where ATen's CPU capability is AVX512 (as measured with torch
+    2.13), and otherwise within a few float32 ulps of them (std::exp, or ATen's AVX2 summation
+    order).
 
     Args:
         value: CPU [N, S, heads, C], float32 / float64 / bfloat16 / float16.

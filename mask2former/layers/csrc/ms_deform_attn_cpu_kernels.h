@@ -1,7 +1,7 @@
 // CPU kernels of multi-scale deformable attention (Zhu et al., "Deformable DETR", ICLR 2021, Eq. 2)
-// on raw pointers, included by ms_deform_attn_cpu.cpp (compiled for the baseline instruction set)
-// and by ms_deform_attn_cpu_avx2.cpp (compiled for AVX2 + FMA); everything here has internal
-// linkage, so that the two builds never mix.
+// on raw pointers, included by ms_deform_attn_cpu.cpp (compiled for the baseline instruction set),
+// ms_deform_attn_cpu_avx2.cpp (AVX2 + FMA) and ms_deform_attn_cpu_avx512.cpp (AVX-512); everything
+// here has internal linkage, so that the builds never mix.
 //
 // Forward: at::parallel_for over (batch, query); each task accumulates the P * L bilinear samples of
 // every head in an accumulator of the op-math type (float for bfloat16 / half). The fused forward
@@ -230,7 +230,7 @@ inline void exp_in_place<float>(float* x, int64_t n) {
 // repeated over the points), and attn[m] = softmax(logits[m]) over the L * P logits of head m,
 // computed as ATen's CPU softmax over a short last dimension does: maximum, exp of the
 // differences, sequential sum, multiplication by its reciprocal (the heads are interleaved so that
-// their sums proceed side by side, each in its own order). A NaN or infinite logit makes its
+// their sums proceed side by side, each in its own order). A NaN or +inf logit makes its
 // head's weights NaN, as in F.softmax. The exponential (exp_in_place) need not be the one of
 // ATen's softmax, so weights may differ from F.softmax's by a few ulps. head_max and head_sum are
 // M scratch values.
