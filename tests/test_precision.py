@@ -59,8 +59,9 @@ def _fixture_model(reference_dir, fixture):
 
 class DtypeRecorder:
     """Forward hooks on every Conv2d / Linear / MultiheadAttention recording (input, weight, output
-    dtypes), and a spy on
-    the deformable-attention op recording (value, sampling_locations, attention_weights) dtypes."""
+    dtypes), and spies on
+    the deformable-attention op recording (value, sampling_locations, attention_weights) dtypes, and
+    on its fused inference kernel recording (value, sampling_offsets, attention_logits) dtypes."""
 
     def __init__(self, model: nn.Module, monkeypatch):
         self.layers, self.op_calls = set(), set()
@@ -72,7 +73,13 @@ class DtypeRecorder:
             self.op_calls.add((value.dtype, locations.dtype, weights.dtype))
             return ms_deform_attn(value, shapes, starts, locations, weights, **kwargs)
 
+        def fused_spy(value, shapes, starts, reference, offsets, logits):
+            self.op_calls.add((value.dtype, offsets.dtype, logits.dtype))
+            return fused(value, shapes, starts, reference, offsets, logits)
+
+        fused = msda_module.ms_deform_attn_fused_inference
         monkeypatch.setattr(msda_module, "ms_deform_attn", spy)
+        monkeypatch.setattr(msda_module, "ms_deform_attn_fused_inference", fused_spy)
 
     def _layer(self, module, args, output):
         if isinstance(module, nn.MultiheadAttention):

@@ -9,8 +9,14 @@ Autograd wrapper around the C++/CUDA kernels of the ``mask2former._C`` extension
 :func:`~mask2former.layers.ms_deform_attn.ms_deform_attn_pytorch` computes (bilinear sampling,
 zero padding, ``align_corners=False``), up to the floating-point summation order.
 
-The CPU kernels exist in two builds, chosen at run time like ATen's own kernels: AVX2 + FMA when
-the CPU has them (GCC builds on x86-64), the baseline instruction set otherwise or under
+For inference on the CPU, :func:`ms_deform_attn_fused_inference` (operator
+``torch.ops.mask2former.ms_deform_attn_forward_fused``, no autograd) also computes the sampling
+locations and the attention softmax inside the kernel; :class:`~mask2former.layers.MSDeformAttn`
+uses it when :func:`fused_forward_applies`.
+
+The CPU kernels exist in three builds, chosen at run time like ATen's own kernels (GCC builds on
+x86-64): AVX-512 (F, BW, VL, DQ) + FMA when ATen's CPU capability is AVX512, AVX2 + FMA when it is
+AVX2 (e.g. under ``ATEN_CPU_CAPABILITY=avx2``), the baseline instruction set otherwise or under
 ``ATEN_CPU_CAPABILITY=default``; ``mask2former._C.cpu_kernel_isa()`` names the one in use.
 
 The extension is built by ``pip install --no-build-isolation -e .``. Without it (pure-Python
@@ -24,9 +30,16 @@ from typing import Optional, Tuple
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from .ms_deform_attn_op import register_ms_deform_attn_impl
+from .ms_deform_attn_op import register_ms_deform_attn_impl, selected_ms_deform_attn_impl
 
-__all__ = ["EXTENSION_AVAILABLE", "IMPL_NAME", "MSDeformAttnFunction", "ms_deform_attn_compiled"]
+__all__ = [
+    "EXTENSION_AVAILABLE",
+    "IMPL_NAME",
+    "MSDeformAttnFunction",
+    "fused_forward_applies",
+    "ms_deform_attn_compiled",
+    "ms_deform_attn_fused_inference",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +138,85 @@ def ms_deform_attn_compiled(
     return MSDeformAttnFunction.apply(
         value, spatial_shapes.long(), level_start_index.long(), sampling_locations, attention_weights
     )
+
+
+def ms_deform_attn_fused_inference(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    reference_points: torch.Tensor,
+    sampling_offsets: torch.Tensor,
+    attention_logits: torch.Tensor,
+) -> torch.Tensor:
+    """Multi-scale deformable attention sampling with the locations and the attention softmax
+    computed inside the CPU kernel (inference only: the result has no autograd history).
+
+    It returns what :func:`ms_deform_attn_compiled` returns for ``sampling_locations =
+    torch.addcdiv(reference_points[:, :, None, :, None], sampling_offsets, (W_l, H_l))`` (bitwise
+    the same locations) and ``attention_weights = F.softmax(attention_logits, -1)`` reshaped to
+    [N, Lq, heads, L, P]; the softmax is computed in the coordinates' dtype as ATen's CPU softmax
+    over a short last dimension (maximum, exponentials, sequential sum, multiplication by its
+    reciprocal), with SLEEF's float32 exp in the AVX2 / AVX-512 builds (torch.exp's): the weights
+    are ``F.softmax``'s bit for bit where ATen's CPU capability is AVX512 (as measured with torch
+    2.13), and otherwise within a few float32 ulps of them (std::exp, or ATen's AVX2 summation
+    order).
+
+    Args:
+        value: CPU [N, S, heads, C], float32 / float64 / bfloat16 / float16.
+        spatial_shapes: integer [L, 2], (H_l, W_l) per level; converted to CPU int64.
+        level_start_index: integer [L], offset of each level in S; converted to CPU int64.
+        reference_points: CPU [N, Lq, L, 2], normalised (x, y) per level (``align_corners=False``:
+            pixel coordinate ``x * W_l - 0.5``).
+        sampling_offsets: CPU [N, Lq, heads, L, P, 2], (x, y) offsets in pixels of level l.
+        attention_logits: CPU [N, Lq, heads, L * P], logits of the softmax over levels and points.
+            The three coordinate tensors share one dtype: value's, or float32 for a 16-bit value.
+
+    Returns:
+        [N, Lq, heads * C] in value's dtype (accumulated in float32 for 16-bit values).
+
+    Raises:
+        RuntimeError: if the ``mask2former._C`` extension is not built.
+        ValueError: for inconsistent shapes, dtypes or devices, naming the argument.
+    """
+    if not EXTENSION_AVAILABLE:
+        raise RuntimeError(
+            "mask2former._C is not built; install with `pip install --no-build-isolation -e .`"
+        )
+    return torch.ops.mask2former.ms_deform_attn_forward_fused(
+        value, spatial_shapes.cpu().long(), level_start_index.cpu().long(), reference_points,
+        sampling_offsets, attention_logits,
+    )
+
+
+def _is_tracing_or_exporting() -> bool:
+    return (
+        torch.jit.is_scripting()
+        or torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+    )
+
+
+def fused_forward_applies(*tensors: torch.Tensor) -> bool:
+    """Whether :class:`~mask2former.layers.MSDeformAttn` may run
+    :func:`ms_deform_attn_fused_inference` on ``tensors`` (the op's tensor inputs): the extension
+    is loaded, every tensor is on the CPU, autograd needs no gradient (``torch.is_grad_enabled()``
+    is False or no tensor requires grad), nothing is being traced, scripted, compiled or exported
+    (``torch.jit``, ONNX, ``torch.compile`` / ``torch.export``), and the implementation
+    :func:`~mask2former.layers.ms_deform_attn` would select on the CPU (``impl`` from
+    ``MASK2FORMER_MSDA_IMPL``, default ``"auto"``) is this module's compiled one.
+
+    Raises:
+        ValueError: if ``MASK2FORMER_MSDA_IMPL`` names an unknown implementation.
+    """
+    if not EXTENSION_AVAILABLE or _is_tracing_or_exporting():
+        return False
+    if any(t.device.type != "cpu" for t in tensors):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return selected_ms_deform_attn_impl("cpu") is ms_deform_attn_compiled
 
 
 if EXTENSION_AVAILABLE:

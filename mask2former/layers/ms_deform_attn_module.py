@@ -8,6 +8,13 @@ In a bfloat16 / float16 network (``TEST.PRECISION``) the projections run in that
 sampling locations (float32 reference point + offset / level size) and the attention softmax are
 computed in float32: in bfloat16 a normalised coordinate in [0.5, 1) is spaced 2^-8 apart, 0.6
 pixel on a 152-pixel level. The op samples the 16-bit values at these float32 locations.
+
+Inference on the CPU with the compiled op (``MASK2FORMER_MSDA_IMPL`` unset, ``auto`` or
+``compiled``; no gradient needed; not traced, scripted, compiled or exported) runs the fused
+kernel :func:`~mask2former.layers.ms_deform_attn_compiled.ms_deform_attn_fused_inference`, which
+computes the locations and the softmax itself (see
+:func:`~mask2former.layers.ms_deform_attn_compiled.fused_forward_applies`); everywhere else the
+locations and weights are computed here and passed to :func:`ms_deform_attn`.
 """
 import math
 from typing import Optional, Sequence, Tuple
@@ -16,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .ms_deform_attn_compiled import fused_forward_applies, ms_deform_attn_fused_inference
 from .ms_deform_attn_op import ms_deform_attn
 
 
@@ -94,7 +102,10 @@ class MSDeformAttn(nn.Module):
                 :func:`ms_deform_attn`), for traced or exported graphs that stay shape-generic.
 
         Returns:
-            [N, Lq, d_model] in the query's dtype.
+            [N, Lq, d_model] in the query's dtype. The sampling runs in the fused CPU kernel when
+            ``fused_forward_applies`` (inference on the CPU with the compiled op), otherwise in
+            :func:`ms_deform_attn`; both give the same locations, and weights equal up to float32
+            rounding of the softmax's exponential.
 
         Raises:
             ValueError: if ``reference_points`` is not [N, Lq, L, 2], or as :func:`ms_deform_attn`.
@@ -115,9 +126,15 @@ class MSDeformAttn(nn.Module):
         grid_shape = (n, len_q, self.n_heads, self.n_levels, self.n_points)
         # float32 from here on for 16-bit queries (no-ops for float32): see the module docstring
         sampling_offsets = self.sampling_offsets(query).view(*grid_shape, 2).float()
-        attention_logits = self.attention_weights(query).view(*grid_shape[:3], self.n_levels * self.n_points)
+        attention_logits = self.attention_weights(query).view(*grid_shape[:3], self.n_levels * self.n_points).float()
+        if fused_forward_applies(value, reference_points, sampling_offsets, attention_logits):
+            output = ms_deform_attn_fused_inference(
+                value, input_spatial_shapes, input_level_start_index, reference_points.float(),
+                sampling_offsets, attention_logits,
+            )
+            return self.output_proj(output)
         # softmax over levels and points together
-        attention_weights = F.softmax(attention_logits.float(), -1).view(grid_shape)
+        attention_weights = F.softmax(attention_logits, -1).view(grid_shape)
         # pixel offsets -> normalised units of each level: divide by (W_l, H_l)
         offset_normalizer = torch.stack([input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1)
         reference = reference_points[:, :, None, :, None, :].float()

@@ -149,6 +149,22 @@ def _select_impl(impl: str, device_type: str) -> MSDeformAttnFn:
     return fn
 
 
+def selected_ms_deform_attn_impl(device_type: str, impl: Optional[str] = None) -> MSDeformAttnFn:
+    """The implementation :func:`ms_deform_attn` runs for a ``value`` on ``device_type``.
+
+    Args:
+        device_type: e.g. ``"cpu"`` or ``"cuda"``.
+        impl: as :func:`ms_deform_attn`'s ``impl``; None reads ``MASK2FORMER_MSDA_IMPL``
+            (default ``"auto"``).
+
+    Raises:
+        ValueError: for an unknown implementation or one that does not run on ``device_type``.
+    """
+    if impl is None:
+        impl = os.environ.get(IMPL_ENV_VAR, "auto")
+    return _select_impl(impl, device_type)
+
+
 def _check_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights) -> None:
     if value.dim() != 4:
         raise ValueError(f"value must be [N, S, heads, C], got shape {tuple(value.shape)}")
@@ -228,9 +244,7 @@ def ms_deform_attn(
         ValueError: for inconsistent shapes, dtypes or devices, or an unknown or unsuitable ``impl``.
     """
     _check_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    if impl is None:
-        impl = os.environ.get(IMPL_ENV_VAR, "auto")
-    fn = _select_impl(impl, value.device.type)
+    fn = selected_ms_deform_attn_impl(value.device.type, impl)
     args = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     if fn is ms_deform_attn_pytorch:
         return fn(*args, spatial_shapes_list=spatial_shapes_list)

@@ -8,7 +8,7 @@
 #include <tuple>
 
 #include "ms_deform_attn.h"
-#include "ms_deform_attn_cpu_avx2.h"
+#include "ms_deform_attn_cpu_isa.h"
 
 namespace mask2former {
 namespace {
@@ -22,6 +22,19 @@ at::Tensor ms_deform_attn_forward_meta(
   check_ms_deform_attn_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   return at::empty(
       {value.size(0), sampling_locations.size(1), value.size(2) * value.size(3)}, value.options());
+}
+
+at::Tensor ms_deform_attn_forward_fused_meta(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& reference_points,
+    const at::Tensor& sampling_offsets,
+    const at::Tensor& attention_logits) {
+  check_fused_forward_args(
+      value, spatial_shapes, level_start_index, reference_points, sampling_offsets, attention_logits);
+  return at::empty(
+      {value.size(0), sampling_offsets.size(1), value.size(2) * value.size(3)}, value.options());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_meta(
@@ -50,10 +63,17 @@ TORCH_LIBRARY(mask2former, m) {
       "ms_deform_attn_backward(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
       "Tensor sampling_locations, Tensor attention_weights, Tensor grad_output) "
       "-> (Tensor, Tensor, Tensor)");
+  // inference only (no autograd formula): the forward with sampling_locations = reference_points +
+  // sampling_offsets / (W_l, H_l) and attention_weights = softmax(attention_logits, -1) computed
+  // inside the kernel (CPU)
+  m.def(
+      "ms_deform_attn_forward_fused(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
+      "Tensor reference_points, Tensor sampling_offsets, Tensor attention_logits) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(mask2former, Meta, m) {
   m.impl("ms_deform_attn_forward", &mask2former::ms_deform_attn_forward_meta);
+  m.impl("ms_deform_attn_forward_fused", &mask2former::ms_deform_attn_forward_fused_meta);
   m.impl("ms_deform_attn_backward", &mask2former::ms_deform_attn_backward_meta);
 }
 
@@ -72,6 +92,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "cpu_kernel_isa",
       []() { return std::string(mask2former::cpu_kernel_isa()); },
-      "Instruction set of the CPU kernels in use: 'avx2' (AVX2 + FMA build, chosen when ATen's CPU "
-      "capability allows it; ATEN_CPU_CAPABILITY=default forces the baseline) or 'default'.");
+      "Instruction set of the CPU kernels in use: 'avx512' (AVX-512 F/BW/VL/DQ + FMA build, chosen "
+      "when ATen's CPU capability is AVX512), 'avx2' (AVX2 + FMA build, when it is AVX2, e.g. under "
+      "ATEN_CPU_CAPABILITY=avx2) or 'default' (the baseline, e.g. under ATEN_CPU_CAPABILITY=default).");
 }

@@ -78,12 +78,10 @@ inline void check_level_layout(
 // Raises ValueError (c10::ValueError) unless the arguments have the shapes, dtypes and devices
 // above. Level sizes are checked against S only when spatial_shapes lives on the CPU, so that the
 // CUDA path never synchronises with the host.
-inline void check_ms_deform_attn_args(
-    const at::Tensor& value,
-    const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index,
-    const at::Tensor& sampling_locations,
-    const at::Tensor& attention_weights) {
+// Raises ValueError unless value is 4-d, spatial_shapes an int64 [L, 2] tensor and
+// level_start_index an int64 [L] tensor; returns L.
+inline int64_t check_value_and_levels(
+    const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index) {
   TORCH_CHECK_VALUE(value.dim() == 4, "value must be [N, S, heads, C], got ", value.sizes());
   TORCH_CHECK_VALUE(
       spatial_shapes.dim() == 2 && spatial_shapes.size(1) == 2 &&
@@ -96,6 +94,25 @@ inline void check_ms_deform_attn_args(
           level_start_index.scalar_type() == at::kLong,
       "level_start_index must be an int64 [L=", levels, "] tensor, got ",
       level_start_index.scalar_type(), " ", level_start_index.sizes());
+  return levels;
+}
+
+// Raises ValueError unless coord_dtype, the dtype of the coordinate tensor `name`, is value's dtype
+// or float32 for a bfloat16 / float16 value.
+inline void check_coord_dtype(at::ScalarType dtype, at::ScalarType coord_dtype, const char* name) {
+  const bool mixed = (dtype == at::kBFloat16 || dtype == at::kHalf) && coord_dtype == at::kFloat;
+  TORCH_CHECK_VALUE(
+      coord_dtype == dtype || mixed, name, " must have value's dtype ", dtype,
+      " (or float32 for a bfloat16 / float16 value), got ", coord_dtype);
+}
+
+inline void check_ms_deform_attn_args(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights) {
+  const int64_t levels = check_value_and_levels(value, spatial_shapes, level_start_index);
   TORCH_CHECK_VALUE(
       sampling_locations.dim() == 6 && sampling_locations.size(0) == value.size(0) &&
           sampling_locations.size(2) == value.size(2) && sampling_locations.size(3) == levels &&
@@ -121,6 +138,63 @@ inline void check_ms_deform_attn_args(
   if (spatial_shapes.device().is_cpu() && level_start_index.device().is_cpu()) {
     check_level_layout(value.size(1), spatial_shapes, level_start_index);
   }
+}
+
+// Raises ValueError unless the arguments of the fused forward (inference) op have these shapes,
+// dtypes and devices:
+//   reference_points    [N, Lq, L, 2]        normalised (x, y) per level
+//   sampling_offsets    [N, Lq, M, L, P, 2]  (x, y) in pixels of level l
+//   attention_logits    [N, Lq, M, L * P]    softmax-ed over the last dim inside the kernel
+// all three in value's dtype, or float32 for a bfloat16 / float16 value; value, spatial_shapes
+// and level_start_index as in check_ms_deform_attn_args. The fused op runs on the CPU only: all
+// tensors must be CPU tensors (or all meta tensors, for shape inference). Returns P.
+inline int64_t check_fused_forward_args(
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& reference_points,
+    const at::Tensor& sampling_offsets,
+    const at::Tensor& attention_logits) {
+  const int64_t levels = check_value_and_levels(value, spatial_shapes, level_start_index);
+  TORCH_CHECK_VALUE(
+      sampling_offsets.dim() == 6 && sampling_offsets.size(0) == value.size(0) &&
+          sampling_offsets.size(2) == value.size(2) && sampling_offsets.size(3) == levels &&
+          sampling_offsets.size(5) == 2,
+      "sampling_offsets must be [N=", value.size(0), ", Lq, heads=", value.size(2), ", L=", levels,
+      ", P, 2], got ", sampling_offsets.sizes());
+  const int64_t queries = sampling_offsets.size(1);
+  const int64_t points = sampling_offsets.size(4);
+  TORCH_CHECK_VALUE(
+      reference_points.dim() == 4 && reference_points.size(0) == value.size(0) &&
+          reference_points.size(1) == queries && reference_points.size(2) == levels &&
+          reference_points.size(3) == 2,
+      "reference_points must be [N=", value.size(0), ", Lq=", queries, ", L=", levels, ", 2], got ",
+      reference_points.sizes());
+  TORCH_CHECK_VALUE(
+      attention_logits.dim() == 4 && attention_logits.size(0) == value.size(0) &&
+          attention_logits.size(1) == queries && attention_logits.size(2) == value.size(2) &&
+          attention_logits.size(3) == levels * points,
+      "attention_logits must be [N=", value.size(0), ", Lq=", queries, ", heads=", value.size(2),
+      ", L*P=", levels * points, "], got ", attention_logits.sizes());
+  const auto dtype = value.scalar_type();
+  check_coord_dtype(dtype, sampling_offsets.scalar_type(), "sampling_offsets");
+  TORCH_CHECK_VALUE(
+      reference_points.scalar_type() == sampling_offsets.scalar_type() &&
+          attention_logits.scalar_type() == sampling_offsets.scalar_type(),
+      "reference_points and attention_logits must have sampling_offsets' dtype ",
+      sampling_offsets.scalar_type(), ", got ", reference_points.scalar_type(), " and ",
+      attention_logits.scalar_type());
+  const auto device = value.device();
+  TORCH_CHECK_VALUE(
+      (device.is_cpu() || device.is_meta()) && spatial_shapes.device() == device &&
+          level_start_index.device() == device && reference_points.device() == device &&
+          sampling_offsets.device() == device && attention_logits.device() == device,
+      "ms_deform_attn_forward_fused runs on the CPU only: all its tensors must be CPU tensors, got "
+      "value on ", device);
+  if (device.is_cpu()) {
+    check_level_layout(value.size(1), spatial_shapes, level_start_index);
+  }
+  return points;
 }
 
 // Raises ValueError unless grad_output is [N, Lq, M * D] with value's dtype and device.

@@ -1,21 +1,28 @@
 // The CPU kernels of ms_deform_attn_cpu_kernels.h compiled for AVX2 + FMA (8 float lanes, fused
 // multiply-add) with GCC's target pragma, so that the rest of the extension keeps the baseline
-// instruction set. Headers are included before the pragma: only the kernels get the new target.
+// instruction set. Headers are included before the pragma: only the kernels get the new
+// target.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "bilinear.h"
 #include "ms_deform_attn.h"
-#include "ms_deform_attn_cpu_avx2.h"
+#include "ms_deform_attn_cpu_isa.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define MASK2FORMER_HAVE_AVX2_KERNELS 1
 #pragma GCC push_options
+#define MASK2FORMER_KERNELS_AVX2 1
 #pragma GCC target("avx2,fma")
 #else
 #define MASK2FORMER_HAVE_AVX2_KERNELS 0
@@ -30,7 +37,7 @@ bool cpu_kernels_have_avx2() {
 }
 
 CpuKernels avx2_cpu_kernels() {
-  return {run_forward_kernel, run_backward_kernel};
+  return {run_forward_kernel, run_fused_forward_kernel, run_backward_kernel};
 }
 
 }  // namespace mask2former

@@ -1,10 +1,12 @@
 // CPU kernels of multi-scale deformable attention (Zhu et al., "Deformable DETR", ICLR 2021, Eq. 2)
-// on raw pointers, included by ms_deform_attn_cpu.cpp (compiled for the baseline instruction set)
-// and by ms_deform_attn_cpu_avx2.cpp (compiled for AVX2 + FMA); everything here has internal
-// linkage, so that the two builds never mix.
+// on raw pointers, included by ms_deform_attn_cpu.cpp (compiled for the baseline instruction set),
+// ms_deform_attn_cpu_avx2.cpp (AVX2 + FMA) and ms_deform_attn_cpu_avx512.cpp (AVX-512); everything
+// here has internal linkage, so that the builds never mix.
 //
 // Forward: at::parallel_for over (batch, query); each task accumulates the P * L bilinear samples of
-// every head in an accumulator of the op-math type (float for bfloat16 / half).
+// every head in an accumulator of the op-math type (float for bfloat16 / half). The fused forward
+// (inference) first computes each head's locations (reference + offset / level size) and softmax
+// attention weights, then samples exactly as the forward does.
 // Value (and grad_output) are scalar_t; sampling locations and attention weights (and their
 // gradients) are coord_t: scalar_t, or float for a 16-bit scalar_t (float32 coordinates).
 // Backward: grad_sampling_locations and grad_attention_weights belong to one (batch, query, head)
@@ -19,7 +21,28 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
+
+// The AVX2 and AVX-512 builds (MASK2FORMER_KERNELS_AVX2 / _AVX512, defined by their files) take
+// float32 exp from SLEEF, which libtorch_cpu links in and exports for ATen's vectorised math
+// (torch.exp); its header ships with torch but declares these functions only when the compiler's
+// own target has the instruction set, not under a target pragma, hence the declarations here.
+#if (defined(MASK2FORMER_KERNELS_AVX512) || defined(MASK2FORMER_KERNELS_AVX2)) && defined(__has_include)
+#if __has_include(<sleef.h>)
+#define MASK2FORMER_HAVE_SLEEF 1
+extern "C" {
+#if defined(MASK2FORMER_KERNELS_AVX512)
+__m512 Sleef_expf16_u10(__m512);
+#else
+__m256 Sleef_expf8_u10(__m256);
+#endif
+}
+#endif
+#endif
+#ifndef MASK2FORMER_HAVE_SLEEF
+#define MASK2FORMER_HAVE_SLEEF 0
+#endif
 
 #include "bilinear.h"
 #include "ms_deform_attn.h"
@@ -50,6 +73,92 @@ inline void add_bilinear_sample(
   }
 }
 
+// Points whose corners sample_head computes (and prefetches) before summing their samples, with a
+// compile-time channel count (other counts add each sample at once, unprefetched: batching did not
+// pay there).
+constexpr int64_t kPointBatch = 16;
+// Pixels of a head smaller than this (a cache line) are not prefetched: small maps stay cached.
+constexpr int64_t kMinPrefetchBytes = 64;
+
+// Asks the CPU to start loading the `bytes` bytes at p into the cache.
+inline void prefetch(const void* p, int64_t bytes) {
+#if defined(__GNUC__)
+  const char* c = static_cast<const char*>(p);
+  for (int64_t offset = 0; offset < bytes; offset += 64) {
+    __builtin_prefetch(c + offset);
+  }
+  __builtin_prefetch(c + bytes - 1);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
+// out = sum over the L * P points of attn[lp] * (bilinear sample of value_nm at loc[lp]) for one
+// (batch, query, head): value_nm points at channel 0 of head m in batch n's value, loc is [L, P, 2]
+// and attn [L, P]; acc (channels op-math scratch values) and zeros (channels zeros) belong to the
+// calling task. The corners of up to kPointBatch points are computed, and their pixels prefetched,
+// before the samples are added (in point order, so the sums do not change), so that the scattered
+// reads overlap.
+template <int64_t kChannels, typename scalar_t, typename coord_t>
+inline void sample_head(
+    const MSDeformAttnSizes& sz,
+    const scalar_t* value_nm,
+    const int64_t* shapes,
+    const int64_t* starts,
+    const coord_t* loc,
+    const coord_t* attn,
+    at::opmath_type<scalar_t>* acc,
+    const scalar_t* zeros,
+    scalar_t* out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t channels = kChannels > 0 ? kChannels : sz.channels;
+  const int64_t pixel_stride = sz.heads * sz.channels;
+  const int64_t pixel_bytes = channels * static_cast<int64_t>(sizeof(scalar_t));
+  std::fill(acc, acc + channels, acc_t(0));
+  constexpr int64_t batch = kChannels > 0 ? kPointBatch : 1;
+  const scalar_t* v[batch][4];
+  acc_t coef[batch][4];
+  int64_t pending = 0;
+  const auto add_pending = [&]() {
+    for (int64_t i = 0; i < pending; ++i) {
+      add_bilinear_sample<kChannels>(acc, v[i], coef[i], channels);
+    }
+    pending = 0;
+  };
+  for (int64_t l = 0; l < sz.levels; ++l) {
+    const scalar_t* value_l = value_nm + starts[l] * pixel_stride;
+    for (int64_t p = 0; p < sz.points; ++p) {
+      const int64_t lp = l * sz.points + p;
+      BilinearCorners<acc_t> c;
+      if (!bilinear_corners<acc_t>(
+              static_cast<acc_t>(loc[2 * lp]), static_cast<acc_t>(loc[2 * lp + 1]), shapes[2 * l],
+              shapes[2 * l + 1], c)) {
+        continue;
+      }
+      const acc_t a = static_cast<acc_t>(attn[lp]);
+      for (int k = 0; k < 4; ++k) {
+        if (c.pixel[k] >= 0) {
+          v[pending][k] = value_l + c.pixel[k] * pixel_stride;
+          if (batch > 1 && pixel_bytes >= kMinPrefetchBytes) {
+            prefetch(v[pending][k], pixel_bytes);
+          }
+        } else {
+          v[pending][k] = zeros;
+        }
+        coef[pending][k] = a * c.weight[k];
+      }
+      if (++pending == batch) {
+        add_pending();
+      }
+    }
+  }
+  add_pending();
+  for (int64_t d = 0; d < channels; ++d) {
+    out[d] = static_cast<scalar_t>(acc[d]);
+  }
+}
+
 template <int64_t kChannels, typename scalar_t, typename coord_t>
 void forward_kernel(
     const MSDeformAttnSizes& sz,
@@ -61,42 +170,163 @@ void forward_kernel(
     scalar_t* output) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t channels = sz.channels;
-  const int64_t pixel_stride = sz.heads * channels;
   const int64_t level_points = sz.levels * sz.points;
   at::parallel_for(0, sz.batch * sz.queries, kForwardGrain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(channels);
     const std::vector<scalar_t> zeros(channels, scalar_t(0));
     for (int64_t nq = begin; nq < end; ++nq) {
-      const int64_t n = nq / sz.queries;
+      const scalar_t* value_n = value + nq / sz.queries * sz.spatial * sz.heads * channels;
       for (int64_t m = 0; m < sz.heads; ++m) {
         const int64_t nqm = nq * sz.heads + m;
-        const coord_t* loc = locations + nqm * level_points * 2;
-        const coord_t* attn = weights + nqm * level_points;
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        for (int64_t l = 0; l < sz.levels; ++l) {
-          const scalar_t* value_l = value + (n * sz.spatial + starts[l]) * pixel_stride + m * channels;
-          for (int64_t p = 0; p < sz.points; ++p) {
-            const int64_t lp = l * sz.points + p;
-            BilinearCorners<acc_t> c;
-            if (!bilinear_corners<acc_t>(
-                    static_cast<acc_t>(loc[2 * lp]), static_cast<acc_t>(loc[2 * lp + 1]), shapes[2 * l],
-                    shapes[2 * l + 1], c)) {
-              continue;
-            }
-            const acc_t a = static_cast<acc_t>(attn[lp]);
-            const scalar_t* v[4];
-            acc_t coef[4];
-            for (int k = 0; k < 4; ++k) {
-              v[k] = c.pixel[k] >= 0 ? value_l + c.pixel[k] * pixel_stride : zeros.data();
-              coef[k] = a * c.weight[k];
-            }
-            add_bilinear_sample<kChannels>(acc.data(), v, coef, channels);
-          }
-        }
-        scalar_t* out = output + nqm * channels;
-        for (int64_t d = 0; d < channels; ++d) {
-          out[d] = static_cast<scalar_t>(acc[d]);
-        }
+        sample_head<kChannels>(
+            sz, value_n + m * channels, shapes, starts, locations + nqm * level_points * 2,
+            weights + nqm * level_points, acc.data(), zeros.data(), output + nqm * channels);
+      }
+    }
+  });
+}
+
+// x[i] = exp(x[i]) for i < n. In the AVX-512 and AVX2 builds, float32 goes through SLEEF's
+// vectorised expf (1-ulp accuracy), the one torch.exp uses on such CPUs; otherwise std::exp.
+template <typename coord_t>
+inline void exp_in_place(coord_t* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i]);
+  }
+}
+
+#if MASK2FORMER_HAVE_SLEEF
+template <>
+inline void exp_in_place<float>(float* x, int64_t n) {
+#if defined(MASK2FORMER_KERNELS_AVX512)
+  constexpr int64_t kLanes = 16;
+#else
+  constexpr int64_t kLanes = 8;
+#endif
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#if defined(MASK2FORMER_KERNELS_AVX512)
+    _mm512_storeu_ps(x + i, Sleef_expf16_u10(_mm512_loadu_ps(x + i)));
+#else
+    _mm256_storeu_ps(x + i, Sleef_expf8_u10(_mm256_loadu_ps(x + i)));
+#endif
+  }
+  if (i < n) {
+    alignas(64) float lanes[kLanes] = {};
+    std::copy(x + i, x + n, lanes);
+#if defined(MASK2FORMER_KERNELS_AVX512)
+    _mm512_store_ps(lanes, Sleef_expf16_u10(_mm512_load_ps(lanes)));
+#else
+    _mm256_store_ps(lanes, Sleef_expf8_u10(_mm256_load_ps(lanes)));
+#endif
+    std::copy(lanes, lanes + (n - i), x + i);
+  }
+}
+#endif
+
+// Sampling locations and attention weights of the M heads of one (batch, query) for the fused
+// forward: loc[m, l, p] = reference[l] + offsets[m, l, p] / (W_l, H_l), rounded as torch.addcdiv
+// rounds it (reference and normalizer are [L, P, 2]: the query's reference point and (W_l, H_l)
+// repeated over the points), and attn[m] = softmax(logits[m]) over the L * P logits of head m,
+// computed as ATen's CPU softmax over a short last dimension does: maximum, exp of the
+// differences, sequential sum, multiplication by its reciprocal (the heads are interleaved so that
+// their sums proceed side by side, each in its own order). A NaN or +inf logit makes its
+// head's weights NaN, as in F.softmax. The exponential (exp_in_place) need not be the one of
+// ATen's softmax, so weights may differ from F.softmax's by a few ulps. head_max and head_sum are
+// M scratch values.
+template <typename coord_t>
+inline void locations_and_weights(
+    int64_t heads,
+    int64_t level_points,
+    const coord_t* __restrict__ normalizer,
+    const coord_t* __restrict__ reference,
+    const coord_t* __restrict__ offsets,
+    const coord_t* __restrict__ logits,
+    coord_t* __restrict__ loc,
+    coord_t* __restrict__ attn,
+    coord_t* __restrict__ head_max,
+    coord_t* __restrict__ head_sum) {
+  const int64_t coords = 2 * level_points;
+  for (int64_t m = 0; m < heads; ++m) {
+    for (int64_t i = 0; i < coords; ++i) {
+      loc[m * coords + i] = reference[i] + offsets[m * coords + i] / normalizer[i];
+    }
+  }
+  for (int64_t m = 0; m < heads; ++m) {
+    head_max[m] = logits[m * level_points];
+  }
+  for (int64_t i = 1; i < level_points; ++i) {
+    for (int64_t m = 0; m < heads; ++m) {
+      head_max[m] = std::max(head_max[m], logits[m * level_points + i]);
+    }
+  }
+  for (int64_t m = 0; m < heads; ++m) {
+    for (int64_t i = 0; i < level_points; ++i) {
+      attn[m * level_points + i] = logits[m * level_points + i] - head_max[m];
+    }
+  }
+  exp_in_place(attn, heads * level_points);
+  for (int64_t m = 0; m < heads; ++m) {
+    head_sum[m] = attn[m * level_points];
+  }
+  for (int64_t i = 1; i < level_points; ++i) {
+    for (int64_t m = 0; m < heads; ++m) {
+      head_sum[m] += attn[m * level_points + i];
+    }
+  }
+  for (int64_t m = 0; m < heads; ++m) {
+    const coord_t inv_sum = coord_t(1) / head_sum[m];
+    for (int64_t i = 0; i < level_points; ++i) {
+      attn[m * level_points + i] *= inv_sum;
+    }
+  }
+}
+
+// Inference forward with the location and softmax arithmetic fused in (argument layouts in
+// check_fused_forward_args): the same samples and sums as forward_kernel on the locations and
+// weights that addcdiv and softmax would give.
+template <int64_t kChannels, typename scalar_t, typename coord_t>
+void fused_forward_kernel(
+    const MSDeformAttnSizes& sz,
+    const scalar_t* value,
+    const int64_t* shapes,
+    const int64_t* starts,
+    const coord_t* reference_points,
+    const coord_t* sampling_offsets,
+    const coord_t* attention_logits,
+    scalar_t* output) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t channels = sz.channels;
+  const int64_t level_points = sz.levels * sz.points;
+  // [L, P, 2]: (W_l, H_l) in the coordinates' dtype, what addcdiv divides by
+  std::vector<coord_t> normalizer(2 * level_points);
+  for (int64_t lp = 0; lp < level_points; ++lp) {
+    normalizer[2 * lp] = static_cast<coord_t>(shapes[2 * (lp / sz.points) + 1]);
+    normalizer[2 * lp + 1] = static_cast<coord_t>(shapes[2 * (lp / sz.points)]);
+  }
+  at::parallel_for(0, sz.batch * sz.queries, kForwardGrain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(channels);
+    const std::vector<scalar_t> zeros(channels, scalar_t(0));
+    std::vector<coord_t> reference(2 * level_points);
+    std::vector<coord_t> loc(sz.heads * 2 * level_points);
+    std::vector<coord_t> attn(sz.heads * level_points);
+    std::vector<coord_t> head_max(sz.heads);
+    std::vector<coord_t> head_sum(sz.heads);
+    for (int64_t nq = begin; nq < end; ++nq) {
+      const scalar_t* value_n = value + nq / sz.queries * sz.spatial * sz.heads * channels;
+      const coord_t* reference_nq = reference_points + nq * sz.levels * 2;
+      for (int64_t lp = 0; lp < level_points; ++lp) {
+        reference[2 * lp] = reference_nq[2 * (lp / sz.points)];
+        reference[2 * lp + 1] = reference_nq[2 * (lp / sz.points) + 1];
+      }
+      locations_and_weights(
+          sz.heads, level_points, normalizer.data(), reference.data(),
+          sampling_offsets + nq * sz.heads * level_points * 2, attention_logits + nq * sz.heads * level_points,
+          loc.data(), attn.data(), head_max.data(), head_sum.data());
+      for (int64_t m = 0; m < sz.heads; ++m) {
+        sample_head<kChannels>(
+            sz, value_n + m * channels, shapes, starts, loc.data() + m * level_points * 2,
+            attn.data() + m * level_points, acc.data(), zeros.data(), output + (nq * sz.heads + m) * channels);
       }
     }
   });
@@ -250,6 +480,30 @@ void run_forward_kernel(
         sz, value.const_data_ptr<scalar_t>(), spatial_shapes.const_data_ptr<int64_t>(),
         level_start_index.const_data_ptr<int64_t>(), sampling_locations.const_data_ptr<coord_t>(),
         attention_weights.const_data_ptr<coord_t>(), output.mutable_data_ptr<scalar_t>());
+  });
+}
+
+// Runs the fused forward kernel of value's dtype on contiguous inputs (reference points, offsets
+// and logits in one coordinate dtype); output [N, Lq, M * D] is fully written.
+void run_fused_forward_kernel(
+    const MSDeformAttnSizes& sz,
+    const at::Tensor& value,
+    const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index,
+    const at::Tensor& reference_points,
+    const at::Tensor& sampling_offsets,
+    const at::Tensor& attention_logits,
+    at::Tensor& output) {
+  dispatch_value_and_coord(value, sampling_offsets, [&](auto s, auto c) {
+    using scalar_t = decltype(s);
+    using coord_t = decltype(c);
+    const auto kernel = sz.channels == 32 ? fused_forward_kernel<32, scalar_t, coord_t>
+                                          : fused_forward_kernel<0, scalar_t, coord_t>;
+    kernel(
+        sz, value.const_data_ptr<scalar_t>(), spatial_shapes.const_data_ptr<int64_t>(),
+        level_start_index.const_data_ptr<int64_t>(), reference_points.const_data_ptr<coord_t>(),
+        sampling_offsets.const_data_ptr<coord_t>(), attention_logits.const_data_ptr<coord_t>(),
+        output.mutable_data_ptr<scalar_t>());
   });
 }
 
