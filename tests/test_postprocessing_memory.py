@@ -294,3 +294,26 @@ def test_model_compact_outputs_and_consumers(reference_dir):
     tta = SemanticSegmentorWithTTA(cfg, model)
     with pytest.raises(ValueError, match="COMPACT_OUTPUTS"):
         tta(inputs)
+
+
+@pytest.mark.parametrize("fixture", ["thin_r50_coco_panoptic", "thin_r50_ade20k_semantic"])
+def test_bfloat16_semantic_product_is_rounding_of_float32(reference_dir, fixture):
+    """The class product of a bfloat16 network (semantic_product_dtype) rounds the probabilities
+    and the sums to bfloat16 (8-bit mantissa): scores move by at most a few bfloat16 steps, the
+    argmax only where the two best classes are that close; any chunking gives the same result."""
+    npz, mask_cls, low, padded = _inputs(reference_dir, fixture)
+    kwargs = _kwargs(fixture, panoptic_on=False, instance_on=False)
+    exact = _infer(npz, mask_cls, low, padded, kwargs)["sem_seg"]
+    results = [
+        _infer(npz, mask_cls, low, padded, kwargs, chunk_bytes=c, semantic_product_dtype=torch.bfloat16)["sem_seg"]
+        for c in (None, 2**20)
+    ]
+    assert all(r.dtype == torch.float32 for r in results)
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
+    rounded = results[0]
+    step = 2.0 ** -8 * exact.abs().amax()
+    assert float((rounded - exact).abs().max()) <= 2 * step
+    top2 = exact.topk(2, dim=0).values
+    differ = rounded.argmax(0) != exact.argmax(0)
+    assert not bool((differ & (top2[0] - top2[1] > 4 * step)).any())
+    assert float(differ.double().mean()) < 0.01

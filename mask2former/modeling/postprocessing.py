@@ -80,6 +80,7 @@ def semantic_inference(
     mask_prob: Optional[torch.Tensor] = None,
     compact: bool = False,
     chunk_bytes: Optional[int] = DEFAULT_CHUNK_BYTES,
+    product_dtype: Optional[torch.dtype] = None,
 ):
     """Per-class scores ``sum_q softmax(mask_cls)[q, c] * sigmoid(mask_pred)[q]``, computed on
     bands of output rows written into the preallocated result.
@@ -91,6 +92,10 @@ def semantic_inference(
         compact: return the per-pixel argmax and max instead of the [K, H, W] scores (which are
             then never built).
         chunk_bytes: bound of one [Q or K, rows, W] float32 band; None = one band.
+        product_dtype: dtype of the class product, the largest matrix product of post-processing
+            (K x Q x H*W multiply-adds), e.g. bfloat16 for a bfloat16 network (TEST.PRECISION): the
+            probabilities are rounded to it, the sums accumulate in float32 and are rounded to it
+            once; None = the logits' dtype. The results keep the logits' dtype.
 
     Returns:
         [K, H, W] semantic scores (the "no object" class is dropped), dtype of the logits; or,
@@ -98,7 +103,8 @@ def semantic_inference(
         scores float [H, W] (the maximum))``.
     """
     masks = _as_mask_logits(mask_pred, chunk_bytes)
-    probs_t = _class_probs(mask_cls).to(masks.dtype).t()  # [K, Q]
+    product_dtype = product_dtype or masks.dtype
+    probs_t = _class_probs(mask_cls).to(product_dtype).t()  # [K, Q]
     num_classes, num_queries = probs_t.shape
     height, width = masks.output_size
     options = {"dtype": masks.dtype, "device": masks.device}
@@ -118,12 +124,14 @@ def semantic_inference(
             torch.sigmoid(masks.rows(start, stop), out=band_prob)
         else:
             band_prob = mask_prob[:, start:stop]
-        band_prob = band_prob.reshape(num_queries, pixels)
+        band_prob = band_prob.reshape(num_queries, pixels).to(product_dtype)
         if compact:
             values, indices = torch.mm(probs_t, band_prob).max(0)
             best[start:stop], labels[start:stop] = values.view(-1, width), indices.view(-1, width)
-        else:  # the product is written straight into the output rows (a [K, rows * W] view)
+        elif product_dtype == masks.dtype:  # written straight into the output rows ([K, rows * W])
             torch.mm(probs_t, band_prob, out=out[:, start:stop].view(num_classes, pixels))
+        else:
+            out[:, start:stop].view(num_classes, pixels).copy_(torch.mm(probs_t, band_prob))
     return (labels, best) if compact else out
 
 
@@ -361,6 +369,7 @@ def mask_classification_inference(
     padded_size: Optional[Tuple[int, int]] = None,
     compact_outputs: bool = False,
     chunk_bytes: Optional[int] = DEFAULT_CHUNK_BYTES,
+    semantic_product_dtype: Optional[torch.dtype] = None,
 ) -> Dict:
     """All enabled outputs of one image, as :meth:`MaskFormer.forward` returns them.
 
@@ -390,6 +399,7 @@ def mask_classification_inference(
             ``pred_masks``.
         chunk_bytes: size bound of one float32 chunk of output-resolution planes; None = no
             chunking (the results are the same).
+        semantic_product_dtype: ``product_dtype`` of :func:`semantic_inference`.
 
     Returns:
         dict with, as enabled, ``sem_seg`` [K, height, width] (or, compact, ``sem_seg`` int32
@@ -400,9 +410,14 @@ def mask_classification_inference(
     result = {}
     if semantic_on:
         if sem_seg_postprocess_before_inference:
-            sem_seg = semantic_inference(mask_cls, masks, compact=compact_outputs, chunk_bytes=chunk_bytes)
+            sem_seg = semantic_inference(
+                mask_cls, masks, compact=compact_outputs, chunk_bytes=chunk_bytes,
+                product_dtype=semantic_product_dtype,
+            )
         else:
-            padded = semantic_inference(mask_cls, masks.padded(crop=False), chunk_bytes=None)
+            padded = semantic_inference(
+                mask_cls, masks.padded(crop=False), chunk_bytes=None, product_dtype=semantic_product_dtype
+            )
             if compact_outputs:
                 sem_seg = _compact_semantic_resized(padded, image_size, (height, width), chunk_bytes)
             else:

@@ -18,7 +18,12 @@ Kept in float32, for accuracy:
   coordinate in [0.5, 1) has a bfloat16 spacing of 2^-8, 0.6 pixel on a 152-pixel level;
 - the head outputs handed to post-processing (``pred_logits``, ``pred_masks`` cast to float32 at
   the boundary of the network, :func:`float32_head_outputs`): score products, argmax and the
-  sigmoid >= 0.5 thresholds run in float32.
+  sigmoid >= 0.5 thresholds run in float32, and outputs are float32. One exception: for a bfloat16
+  network the semantic class product (K x Q x H*W multiply-adds at the output resolution, the
+  largest matrix product of post-processing) takes bfloat16 probabilities and rounds its float32
+  sums to bfloat16 once (``product_dtype`` of
+  :func:`~mask2former.modeling.postprocessing.semantic_inference`): scores move by less than one
+  bfloat16 step (2^-8 of the largest), well within the network's own bfloat16 error.
 
 In every precision, :func:`prepare_for_inference` folds the frozen batch norms (one pass over each
 convolution's output instead of two) and, on the CPU, stores the convolution weights channels-last

@@ -166,17 +166,26 @@ class MaskFormer(nn.Module):
                 targets = self.prepare_targets([x["instances"].to(self.device) for x in batched_inputs], images)
             return weighted_losses(self.criterion, outputs, targets, owner="MaskFormer")
 
-        # post-processing in float32, whatever the network's dtype
+        # post-processing in float32, whatever the network's dtype, except the semantic class
+        # product of a bfloat16 network (see semantic_inference)
+        network_dtype = outputs["pred_masks"].dtype
+        product_dtype = torch.bfloat16 if network_dtype == torch.bfloat16 else None
         outputs = float32_head_outputs(outputs)
         # Stride-4 mask logits; post-processing upsamples, per task, only the queries it keeps.
         padded_size = tuple(images.tensor.shape[-2:])
         per_image = zip(outputs["pred_logits"], outputs["pred_masks"], images.image_sizes, batched_inputs)
-        return [self.inference_single_image(*image_outputs, padded_size=padded_size) for image_outputs in per_image]
+        return [
+            self.inference_single_image(*image_outputs, padded_size=padded_size, semantic_product_dtype=product_dtype)
+            for image_outputs in per_image
+        ]
 
     @torch.no_grad()  # post-processing is not differentiable (and writes into preallocated outputs)
-    def inference_single_image(self, mask_cls, mask_pred, image_size, batched_input, *, padded_size=None) -> Dict:
+    def inference_single_image(
+        self, mask_cls, mask_pred, image_size, batched_input, *, padded_size=None, semantic_product_dtype=None
+    ) -> Dict:
         """Outputs of one image from its class logits [Q, K+1] and mask logits: [Q, H_pad/4, W_pad/4]
-        with ``padded_size`` (H_pad, W_pad) given, else [Q, H_pad, W_pad]."""
+        with ``padded_size`` (H_pad, W_pad) given, else [Q, H_pad, W_pad]; ``semantic_product_dtype``
+        as in :func:`mask_classification_inference`."""
         height = batched_input.get("height", image_size[0])
         width = batched_input.get("width", image_size[1])
         return mask_classification_inference(
@@ -196,6 +205,7 @@ class MaskFormer(nn.Module):
             padded_size=padded_size,
             compact_outputs=self.compact_outputs,
             chunk_bytes=self.postprocess_chunk_bytes,
+            semantic_product_dtype=semantic_product_dtype,
         )
 
     @property
