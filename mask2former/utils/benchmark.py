@@ -455,6 +455,13 @@ def _baddbmm_flops(inputs: List[Any], outputs: List[Any]) -> int:
     return batch * n * k * get_shape(inputs[2])[-1]
 
 
+def _mm_flops(inputs: List[Any], outputs: List[Any]) -> int:
+    """``mm(a [N, K], b [K, M])``, with or without ``out=`` (semantic inference writes its class
+    product straight into the output rows): ``N * K * M`` multiply-adds."""
+    n, k = get_shape(inputs[0])
+    return n * k * get_shape(inputs[1])[-1]
+
+
 def _sdpa_flops(inputs: List[Any], outputs: List[Any]) -> int:
     """``scaled_dot_product_attention(q [.., Lq, E], k [.., Lk, E], v [.., Lk, Ev])``:
     ``Q K^T`` plus ``attn V`` multiply-adds."""
@@ -469,7 +476,8 @@ def count_flops(model: nn.Module, image: torch.Tensor, height: int, width: int) 
 
     Counted: fvcore's defaults (convolutions, linear layers, matmul / bmm / einsum, norms,
     bilinear / nearest upsampling, ``grid_sample`` at 4 per output element), plus ``baddbmm`` and
-    ``scaled_dot_product_attention`` (attention products that recent PyTorch versions emit) and the
+    ``scaled_dot_product_attention`` (attention products that recent PyTorch versions emit), ``mm``
+    with an ``out=`` tensor (which fvcore's handle rejects), and the
     compiled ``MSDeformAttnFunction`` (counted like the PyTorch implementation's ``grid_sample``).
     Not counted: :data:`IGNORED_FLOP_OPS` and other elementwise / reduction ops, which fvcore
     reports as unsupported (``unsupported_ops()``).
@@ -485,6 +493,7 @@ def count_flops(model: nn.Module, image: torch.Tensor, height: int, width: int) 
         **{
             "prim::PythonOp.MSDeformAttnFunction": _msdeformattn_flops,
             "aten::baddbmm": _baddbmm_flops,
+            "aten::mm": _mm_flops,
             "aten::scaled_dot_product_attention": _sdpa_flops,
         }
     )
