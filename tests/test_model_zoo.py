@@ -9,6 +9,7 @@ import shutil
 import socket
 import sys
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from mask2former import Predictor, build_model, get_cfg, model_zoo
 from mask2former.checkpoint import Checkpointer
 from mask2former.checkpoint.file_io import to_url
 from mask2former.model_zoo.markdown import GENERATED_MARKER, render_tables
+from mask2former.modeling.precision import prepare_for_inference
 from mask2former.video.predictor import VideoPredictor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -235,6 +237,20 @@ def _assert_weights(model, arrays):
         np.testing.assert_array_equal(state[key].cpu().numpy(), value, err_msg=key)
 
 
+def _assert_prepared_weights(model, arrays, cfg):
+    """``model`` (a predictor's) went through ``prepare_for_inference``, which folds the frozen batch
+    norms: it must equal the checkpoint's arrays loaded into a fresh model, prepared the same way."""
+    expected = build_model(cfg)
+    state = OrderedDict((k, torch.as_tensor(np.asarray(v))) for k, v in arrays.items())
+    state._metadata = getattr(arrays, "_metadata", OrderedDict())
+    expected.load_state_dict(state, strict=True)
+    reference = prepare_for_inference(expected, cfg.TEST.PRECISION).state_dict()
+    actual = model.state_dict()
+    assert actual.keys() == reference.keys()
+    for key, value in reference.items():
+        assert torch.equal(actual[key].cpu(), value.cpu()), key
+
+
 @pytest.mark.parametrize("weights", ["zoo://coco/panoptic/R50", R50_PANOPTIC_URL])
 def test_cached_checkpoint_loads_without_network(
     reference_dir, tmp_path, monkeypatch, no_download, weights
@@ -249,7 +265,7 @@ def test_cached_checkpoint_loads_without_network(
     model = build_model(cfg)
     Checkpointer(model).load(cfg.MODEL.WEIGHTS, strict=True)
     _assert_weights(model, arrays)
-    _assert_weights(Predictor(cfg).model, arrays)  # the demo's path
+    _assert_prepared_weights(Predictor(cfg).model, arrays, cfg)  # the demo's path
 
 
 def test_cached_video_checkpoint_loads_without_network(reference_dir, tmp_path, monkeypatch, no_network):
@@ -264,7 +280,7 @@ def test_cached_video_checkpoint_loads_without_network(reference_dir, tmp_path, 
     cfg = get_cfg()
     cfg.merge_from_file(str(fixture / "config.yaml"))
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "zoo://youtubevis_2019/R50"])
-    _assert_weights(VideoPredictor(cfg).model, arrays)
+    _assert_prepared_weights(VideoPredictor(cfg).model, arrays, cfg)
 
     monkeypatch.setenv("FVCORE_CACHE", str(tmp_path / "empty"))
     with pytest.raises(OSError) as error:
