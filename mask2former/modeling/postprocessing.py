@@ -64,9 +64,18 @@ def sem_seg_postprocess(
     if chunk_bytes is None:
         return resize_bilinear(cropped, size)
     out = result.new_empty((result.shape[0], *size))
-    for start, stop in band_ranges(result.shape[0], chunk_length(result.shape[0], size[0] * size[1] * 4, chunk_bytes)):
-        out[start:stop] = resize_bilinear(cropped[start:stop], size)
+    for start, resized in _resized_channel_chunks(cropped, size, chunk_bytes):
+        out[start : start + len(resized)] = resized
+        del resized  # one chunk alive at a time
     return out
+
+
+def _resized_channel_chunks(x: torch.Tensor, size: Tuple[int, int], chunk_bytes: Optional[int]):
+    """``(start, resize_bilinear(x[start:start+n], size))`` for consecutive chunks of the channels
+    of x [C, h, w], n bounded by ``chunk_bytes`` of float32 output (bit-identical to one call)."""
+    step = chunk_length(x.shape[0], size[0] * size[1] * 4, chunk_bytes)
+    for start, stop in band_ranges(x.shape[0], step):
+        yield start, resize_bilinear(x[start:stop], size)
 
 
 def _class_probs(mask_cls: torch.Tensor) -> torch.Tensor:
@@ -140,11 +149,10 @@ def _compact_semantic_resized(scores_padded: torch.Tensor, image_size, size, chu
     resizing chunks of classes (bit-identical values) and keeping a running max with first-index
     ties, so that [K, H, W] is never built."""
     cropped = scores_padded[:, : image_size[0], : image_size[1]]
-    num_classes = cropped.shape[0]
-    step = chunk_length(num_classes, size[0] * size[1] * 4, chunk_bytes)
     best, labels = None, None
-    for start, stop in band_ranges(num_classes, step):
-        values, indices = resize_bilinear(cropped[start:stop], size).max(0)
+    for start, resized in _resized_channel_chunks(cropped, size, chunk_bytes):
+        values, indices = resized.max(0)
+        del resized  # one chunk alive at a time
         if best is None:
             best, labels = values, indices.to(torch.int32)
             continue
