@@ -7,6 +7,7 @@ from .ms_deform_attn_module import MSDeformAttn
 from .norm import FrozenBatchNorm2d, LayerNorm2d, get_norm
 from .position_encoding import PositionEmbeddingSine
 from .shape_spec import ShapeSpec
+from .token_linear import TokenLinear
 
 __all__ = [
     "Conv2d",
@@ -15,6 +16,7 @@ __all__ = [
     "MSDeformAttn",
     "PositionEmbeddingSine",
     "ShapeSpec",
+    "TokenLinear",
     "c2_msra_fill",
     "c2_xavier_fill",
     "fold_frozen_batchnorm",

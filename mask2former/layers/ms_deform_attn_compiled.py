@@ -30,6 +30,7 @@ from typing import Optional, Tuple
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from ..utils.tracing import is_tracing_or_exporting
 from .ms_deform_attn_op import register_ms_deform_attn_impl, selected_ms_deform_attn_impl
 
 __all__ = [
@@ -188,16 +189,6 @@ def ms_deform_attn_fused_inference(
     )
 
 
-def _is_tracing_or_exporting() -> bool:
-    return (
-        torch.jit.is_scripting()
-        or torch.jit.is_tracing()
-        or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_compiling()
-        or torch.compiler.is_exporting()
-    )
-
-
 def fused_forward_applies(*tensors: torch.Tensor) -> bool:
     """Whether :class:`~mask2former.layers.MSDeformAttn` may run
     :func:`ms_deform_attn_fused_inference` on ``tensors`` (the op's tensor inputs): the extension
@@ -210,7 +201,7 @@ def fused_forward_applies(*tensors: torch.Tensor) -> bool:
     Raises:
         ValueError: if ``MASK2FORMER_MSDA_IMPL`` names an unknown implementation.
     """
-    if not EXTENSION_AVAILABLE or _is_tracing_or_exporting():
+    if not EXTENSION_AVAILABLE or is_tracing_or_exporting():
         return False
     if any(t.device.type != "cpu" for t in tensors):
         return False

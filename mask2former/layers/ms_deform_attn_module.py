@@ -25,13 +25,15 @@ from torch.nn import functional as F
 
 from .ms_deform_attn_compiled import fused_forward_applies, ms_deform_attn_fused_inference
 from .ms_deform_attn_op import ms_deform_attn
+from .token_linear import TokenLinear
 
 
 class MSDeformAttn(nn.Module):
     """Multi-scale deformable attention with the published parameter names.
 
-    Submodules: ``sampling_offsets`` (d_model -> heads*levels*points*2), ``attention_weights``
-    (d_model -> heads*levels*points), ``value_proj`` and ``output_proj`` (d_model -> d_model).
+    Submodules, all :class:`~mask2former.layers.TokenLinear`: ``sampling_offsets`` (d_model ->
+    heads*levels*points*2), ``attention_weights`` (d_model -> heads*levels*points), ``value_proj``
+    and ``output_proj`` (d_model -> d_model).
 
     Args:
         d_model: embedding dimension; must be divisible by ``n_heads``.
@@ -52,10 +54,10 @@ class MSDeformAttn(nn.Module):
         self.n_heads = n_heads
         self.n_points = n_points
 
-        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
-        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
-        self.value_proj = nn.Linear(d_model, d_model)
-        self.output_proj = nn.Linear(d_model, d_model)
+        self.sampling_offsets = TokenLinear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = TokenLinear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = TokenLinear(d_model, d_model)
+        self.output_proj = TokenLinear(d_model, d_model)
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:

@@ -10,7 +10,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...config import configurable
-from ...layers import Conv2d, MSDeformAttn, PositionEmbeddingSine, ShapeSpec, c2_xavier_fill, get_norm
+from ...layers import (
+    Conv2d, MSDeformAttn, PositionEmbeddingSine, ShapeSpec, TokenLinear, c2_xavier_fill, get_norm,
+)
 from ...utils.registry import PIXEL_DECODER_REGISTRY
 from ..precision import parameter_dtype
 
@@ -27,8 +29,9 @@ def _sizes_to_tensor(shapes: Sequence[Tuple[int, int]], device: torch.device) ->
 
 
 class MSDeformAttnTransformerEncoderLayer(nn.Module):
-    """Post-norm encoder layer: deformable self-attention, then a ReLU feed-forward network, each
-    followed by a residual connection and LayerNorm (``norm1``, ``norm2``)."""
+    """Post-norm encoder layer: deformable self-attention, then a ReLU feed-forward network
+    (``linear1``, ``linear2``: :class:`~mask2former.layers.TokenLinear`), each followed by a
+    residual connection and LayerNorm (``norm1``, ``norm2``)."""
 
     def __init__(
         self,
@@ -44,9 +47,9 @@ class MSDeformAttnTransformerEncoderLayer(nn.Module):
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
 
-        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.linear1 = TokenLinear(d_model, d_ffn)
         self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.linear2 = TokenLinear(d_ffn, d_model)
         self.dropout3 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
 
@@ -367,12 +370,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             cur_fpn = lateral_conv(features[name].to(dtype))
             upsampled = F.interpolate(out[-1], size=cur_fpn.shape[-2:], mode="bilinear", align_corners=False)
             out.append(output_conv(cur_fpn + upsampled))
-        mask_features = self.mask_features(out[-1])
-        if mask_features.dtype != torch.float32:
-            # the decoder's mask einsums read it as [N, C, H*W]: 16-bit batched matmuls copy a
-            # channels-last operand on every call, float32 ones read it in place
-            mask_features = mask_features.contiguous()
-        return mask_features, out[0], out[: self.maskformer_num_feature_levels]
+        return self.mask_features(out[-1]), out[0], out[: self.maskformer_num_feature_levels]
 
     def forward(self, features: Dict[str, torch.Tensor]):
         """Same as :meth:`forward_features`."""
