@@ -282,9 +282,99 @@ inline void locations_and_weights(
   }
 }
 
+// The bilinear samples of every head of one (batch, query) for the fused forward: for head m, its
+// counts[m] in-map points (in level, point order) at m * L * P ..., each with four corner pixels
+// (zeros outside the map) and coefficients attention weight * bilinear weight.
+template <typename scalar_t>
+struct QuerySamples {
+  using acc_t = at::opmath_type<scalar_t>;
+  QuerySamples(int64_t heads, int64_t level_points)
+      : pixels(heads * level_points * 4), coefs(heads * level_points * 4), counts(heads) {}
+  std::vector<const scalar_t*> pixels;
+  std::vector<acc_t> coefs;
+  std::vector<int64_t> counts;
+};
+
+// Fills `samples` from the locations [M, L, P, 2] and attention weights [M, L, P] of one
+// (batch, query) and starts loading the corner pixels into the cache (value_n: channel 0 of head 0
+// of the query's batch element).
+template <int64_t kChannels, typename scalar_t, typename coord_t>
+inline void gather_query_samples(
+    const MSDeformAttnSizes& sz,
+    const scalar_t* value_n,
+    const int64_t* shapes,
+    const int64_t* starts,
+    const coord_t* loc,
+    const coord_t* attn,
+    const scalar_t* zeros,
+    QuerySamples<scalar_t>& samples) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t channels = kChannels > 0 ? kChannels : sz.channels;
+  const int64_t pixel_stride = sz.heads * sz.channels;
+  const bool prefetched = channels * static_cast<int64_t>(sizeof(scalar_t)) >= kMinPrefetchBytes;
+  const int64_t level_points = sz.levels * sz.points;
+  for (int64_t m = 0; m < sz.heads; ++m) {
+    const scalar_t** pixels = samples.pixels.data() + m * level_points * 4;
+    acc_t* coefs = samples.coefs.data() + m * level_points * 4;
+    int64_t count = 0;
+    for (int64_t l = 0; l < sz.levels; ++l) {
+      const scalar_t* value_l = value_n + m * channels + starts[l] * pixel_stride;
+      for (int64_t p = 0; p < sz.points; ++p) {
+        const int64_t mlp = (m * sz.levels + l) * sz.points + p;
+        BilinearCorners<acc_t> c;
+        if (!bilinear_corners<acc_t>(
+                static_cast<acc_t>(loc[2 * mlp]), static_cast<acc_t>(loc[2 * mlp + 1]), shapes[2 * l],
+                shapes[2 * l + 1], c)) {
+          continue;
+        }
+        const acc_t a = static_cast<acc_t>(attn[mlp]);
+        for (int k = 0; k < 4; ++k) {
+          if (c.pixel[k] >= 0) {
+            pixels[4 * count + k] = value_l + c.pixel[k] * pixel_stride;
+            if (prefetched) {
+              prefetch(pixels[4 * count + k], channels * static_cast<int64_t>(sizeof(scalar_t)));
+            }
+          } else {
+            pixels[4 * count + k] = zeros;
+          }
+          coefs[4 * count + k] = a * c.weight[k];
+        }
+        ++count;
+      }
+    }
+    samples.counts[m] = count;
+  }
+}
+
+// out[m] = sum of head m's samples (as sample_head sums them: in point order, into acc, channels
+// op-math scratch values), for every head of one (batch, query); out is [M, D].
+template <int64_t kChannels, typename scalar_t>
+inline void sum_query_samples(
+    const MSDeformAttnSizes& sz,
+    const QuerySamples<scalar_t>& samples,
+    at::opmath_type<scalar_t>* acc,
+    scalar_t* out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t channels = kChannels > 0 ? kChannels : sz.channels;
+  const int64_t level_points = sz.levels * sz.points;
+  for (int64_t m = 0; m < sz.heads; ++m) {
+    std::fill(acc, acc + channels, acc_t(0));
+    const scalar_t* const* pixels = samples.pixels.data() + m * level_points * 4;
+    const acc_t* coefs = samples.coefs.data() + m * level_points * 4;
+    for (int64_t i = 0; i < samples.counts[m]; ++i) {
+      add_bilinear_sample<kChannels>(acc, pixels + 4 * i, coefs + 4 * i, channels);
+    }
+    for (int64_t d = 0; d < channels; ++d) {
+      out[m * channels + d] = static_cast<scalar_t>(acc[d]);
+    }
+  }
+}
+
 // Inference forward with the location and softmax arithmetic fused in (argument layouts in
 // check_fused_forward_args): the same samples and sums as forward_kernel on the locations and
-// weights that addcdiv and softmax would give.
+// weights that addcdiv and softmax would give. Each task gathers (and prefetches) the samples of
+// its next query before it sums those of the current one, so that the scattered pixel reads of
+// one query overlap the arithmetic of the previous one.
 template <int64_t kChannels, typename scalar_t, typename coord_t>
 void fused_forward_kernel(
     const MSDeformAttnSizes& sz,
@@ -312,8 +402,8 @@ void fused_forward_kernel(
     std::vector<coord_t> attn(sz.heads * level_points);
     std::vector<coord_t> head_max(sz.heads);
     std::vector<coord_t> head_sum(sz.heads);
-    for (int64_t nq = begin; nq < end; ++nq) {
-      const scalar_t* value_n = value + nq / sz.queries * sz.spatial * sz.heads * channels;
+    QuerySamples<scalar_t> samples[2] = {{sz.heads, level_points}, {sz.heads, level_points}};
+    const auto gather = [&](int64_t nq, QuerySamples<scalar_t>& into) {
       const coord_t* reference_nq = reference_points + nq * sz.levels * 2;
       for (int64_t lp = 0; lp < level_points; ++lp) {
         reference[2 * lp] = reference_nq[2 * (lp / sz.points)];
@@ -323,11 +413,17 @@ void fused_forward_kernel(
           sz.heads, level_points, normalizer.data(), reference.data(),
           sampling_offsets + nq * sz.heads * level_points * 2, attention_logits + nq * sz.heads * level_points,
           loc.data(), attn.data(), head_max.data(), head_sum.data());
-      for (int64_t m = 0; m < sz.heads; ++m) {
-        sample_head<kChannels>(
-            sz, value_n + m * channels, shapes, starts, loc.data() + m * level_points * 2,
-            attn.data() + m * level_points, acc.data(), zeros.data(), output + (nq * sz.heads + m) * channels);
+      const scalar_t* value_n = value + nq / sz.queries * sz.spatial * sz.heads * channels;
+      gather_query_samples<kChannels>(sz, value_n, shapes, starts, loc.data(), attn.data(), zeros.data(), into);
+    };
+    if (begin < end) {
+      gather(begin, samples[0]);
+    }
+    for (int64_t nq = begin; nq < end; ++nq) {
+      if (nq + 1 < end) {
+        gather(nq + 1, samples[(nq + 1 - begin) % 2]);
       }
+      sum_query_samples<kChannels>(sz, samples[(nq - begin) % 2], acc.data(), output + nq * sz.heads * channels);
     }
   });
 }
