@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from mask2former.modeling.transformer_decoder import MultiScaleMaskedTransformerDecoder
+from mask2former.modeling.transformer_decoder.mask2former_transformer_decoder import mask_product
 from mask2former.modeling.transformer_decoder.layers import CrossAttentionLayer, FFNLayer, SelfAttentionLayer
 
 PREFIX = "sem_seg_head.predictor."
@@ -117,7 +118,19 @@ def test_forward_shapes_batch_and_attention_mask():
     )
     assert attn_mask.shape == (2 * 4, 6, 24) and attn_mask.dtype == torch.bool
     resized = torch.nn.functional.interpolate(masks, size=(4, 6), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(attn_mask[::4], resized.flatten(2).sigmoid() < 0.5)
+    blocked = resized.flatten(2).sigmoid() < 0.5
+    # every head gets the same mask; a query blocked everywhere attends everywhere instead
+    assert torch.equal(attn_mask.view(2, 4, 6, 24), (blocked & ~blocked.all(-1, keepdim=True))[:, None].expand(-1, 4, -1, -1))
+
+
+def test_attention_mask_lets_a_query_with_an_empty_mask_attend_everywhere():
+    decoder = MultiScaleMaskedTransformerDecoder(
+        16, num_classes=5, hidden_dim=16, num_queries=3, nheads=2, dim_feedforward=32,
+        dec_layers=1, pre_norm=False, mask_dim=8, enforce_input_project=False,
+    )
+    logits = torch.tensor([[[-1.0, -2.0, -3.0], [1.0, -1.0, 2.0], [-5.0, 0.5, -0.5]]])  # [N=1, Q=3, S=3]
+    expected = torch.tensor([[False, False, False], [False, True, False], [True, False, True]])
+    assert torch.equal(decoder.attention_mask(logits), expected[None].expand(2, -1, -1))
 
 
 def test_layers_post_and_pre_norm():
@@ -192,3 +205,24 @@ def test_downsampling_reads_only_the_gathered_pixels(factor):
     full = torch.einsum("bqc,bchw->bqhw", embedding, mask_features)
     reference = torch.nn.functional.interpolate(full, size=(5, 7), mode="bilinear", align_corners=False)
     assert torch.equal(resized, reference.flatten(2))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_mask_product_of_channels_last_features_has_the_einsum_values(dtype, batch):
+    """bfloat16 features are read in place by a matrix product per image; its values are those
+    of the einsum on contiguous features. Other dtypes run the einsum on the layout given."""
+    torch.manual_seed(0)
+    embedding = torch.randn(batch, 7, 16).to(dtype)
+    features = torch.randn(batch, 16, 9, 11).to(dtype)
+    channels_last = features.contiguous(memory_format=torch.channels_last)
+    layout = features if dtype == torch.bfloat16 else channels_last
+    expected = torch.einsum("bqc,bchw->bqhw", embedding, layout)
+    with torch.no_grad():
+        assert torch.equal(mask_product(embedding, channels_last), expected)
+        assert torch.equal(mask_product(embedding, layout), expected)
+    # with gradients the einsum runs (the in-place product has no autograd)
+    embedding.requires_grad_(True)
+    logits = mask_product(embedding, channels_last)
+    logits.float().sum().backward()
+    assert embedding.grad is not None and torch.equal(logits.detach(), expected)

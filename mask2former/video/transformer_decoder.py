@@ -95,8 +95,8 @@ class VideoMultiScaleMaskedTransformerDecoder(MultiScaleMaskedTransformerDecoder
 
         Returns:
             class logits [B, Q, K+1]; mask logits [B, Q, T, H, W]; attention mask bool
-            [B*heads, Q, T*h*w] (t-major), True where the bilinearly resized probability is < 0.5,
-            detached (None without a target size).
+            [B*heads, Q, T*h*w] (t-major) of :meth:`attention_mask` (True = not attended) from the
+            masks resized per frame (None without a target size).
         """
         class_logits, mask_embedding = self.query_heads(output)
         mask_logits = torch.einsum("bqc,btchw->bqthw", mask_embedding, mask_features)

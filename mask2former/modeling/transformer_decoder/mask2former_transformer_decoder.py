@@ -20,6 +20,7 @@ from ...config import configurable
 from ...layers import Conv2d, c2_xavier_fill
 from ...layers.position_encoding import PositionEmbeddingSine
 from ...utils.registry import TRANSFORMER_DECODER_REGISTRY
+from ...utils.tracing import is_tracing_or_exporting
 from .layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer
 
 __all__ = ["MultiScaleMaskedTransformerDecoder"]
@@ -208,8 +209,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         else:
             class_logits, mask_logits, attn_mask = self.forward_prediction_heads(output, mask_features, size)
             predictions.append((class_logits, mask_logits))
-        # A query whose mask covers no pixel would attend to nothing: let it attend everywhere.
-        return attn_mask & ~attn_mask.all(dim=-1, keepdim=True)
+        return attn_mask
 
     def forward_prediction_heads(
         self, output: torch.Tensor, mask_features: torch.Tensor, attn_mask_target_size: Optional[Tuple[int, int]]
@@ -224,11 +224,11 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
 
         Returns:
             class logits [N, Q, K+1]; mask logits [N, Q, H, W]; attention mask bool
-            [N*heads, Q, h*w], True where the bilinearly resized mask probability is < 0.5
-            (= not attended), detached from the graph (None without a target size).
+            [N*heads, Q, h*w] of :meth:`attention_mask` (True = not attended) from the bilinearly
+            resized masks (None without a target size).
         """
         class_logits, mask_embedding = self.query_heads(output)
-        mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embedding, mask_features)
+        mask_logits = mask_product(mask_embedding, mask_features)
         if attn_mask_target_size is None:
             return class_logits, mask_logits, None
         resized = F.interpolate(mask_logits, size=attn_mask_target_size, mode="bilinear", align_corners=False)
@@ -243,11 +243,11 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         When the stride-4 grid is an even multiple f of (h, w) in both directions (inputs padded
         to the backbone's size divisibility), output pixel i reads input pixels f*i + f/2 - 1 and
         f*i + f/2 with weight 1/2 each (align_corners=False), so only those rows and columns of
-        ``mask_features`` [N, mask_dim, H, W] enter the einsum; the same 2x-downsampling of them
-        gives the same values. Other ratios take the full einsum.
+        ``mask_features`` [N, mask_dim, H, W] enter the product; the same 2x-downsampling of them
+        gives the same values. Other ratios take the full product.
         """
         _, mask_embedding = self.query_heads(output)
-        mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embedding, attended_pixels(mask_features, size))
+        mask_logits = mask_product(mask_embedding, attended_pixels(mask_features, size))
         return F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False).flatten(2)
 
     def query_heads(self, output: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -258,10 +258,36 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
 
     def attention_mask(self, resized_mask_logits: torch.Tensor) -> torch.Tensor:
         """Masked attention (Eq. 2): from mask logits [N, Q, S] at the attended level, the bool
-        mask [N*heads, Q, S] that is True (not attended) where the probability is < 0.5; the same
-        for every head, detached from the graph."""
+        mask [N*heads, Q, S] that is True (not attended) where the probability is < 0.5, except
+        that a query whose mask covers no pixel attends everywhere (it would attend to nothing);
+        the same for every head (computed once, then repeated), detached from the graph."""
         blocked = resized_mask_logits.sigmoid() < 0.5
+        blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
         return blocked.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1).detach()
+
+
+def mask_product(mask_embedding: torch.Tensor, mask_features: torch.Tensor) -> torch.Tensor:
+    """Mask logits [N, Q, H, W]: the dot product of every query's mask embedding [N, Q, C] with
+    every per-pixel embedding of ``mask_features`` [N, C, H, W] (``einsum("bqc,bchw->bqhw")``).
+
+    Channels-last bfloat16 features (the CPU inference layout of the pixel decoder) are read in
+    place by one matrix product per image, with the einsum's values on contiguous features: a
+    batched bfloat16 product (einsum, bmm) would copy a channels-last operand on every call, 31 MB
+    per call at 800x1216. Float32 batched products read it in place; float16 ones (no fast CPU
+    kernel) sum in another order in a plain matrix product. Gradients, tracing and export take the
+    einsum.
+    """
+    channels_last = not mask_features.is_contiguous() and mask_features.is_contiguous(
+        memory_format=torch.channels_last
+    )
+    needs_grad = torch.is_grad_enabled() and (mask_embedding.requires_grad or mask_features.requires_grad)
+    if not (channels_last and mask_features.dtype == torch.bfloat16) or needs_grad or is_tracing_or_exporting():
+        return torch.einsum("bqc,bchw->bqhw", mask_embedding, mask_features)
+    (n, q, _), (height, width) = mask_embedding.shape, mask_features.shape[-2:]
+    logits = mask_embedding.new_empty((n, q, height * width))
+    for i in range(n):
+        torch.mm(mask_embedding[i], mask_features[i].flatten(1), out=logits[i])
+    return logits.view(n, q, height, width)
 
 
 def attended_pixels(features: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
