@@ -36,7 +36,8 @@ def _extension_build():
     force_cuda = os.environ.get("FORCE_CUDA", "0") == "1"
     with_cuda = force_cuda or (torch.cuda.is_available() and CUDA_HOME is not None)
     sources = [str(CSRC / name) for name in (
-        "ext.cpp", "ms_deform_attn_cpu.cpp", "ms_deform_attn_cpu_avx2.cpp", "ms_deform_attn_cpu_avx512.cpp")]
+        "ext.cpp", "ms_deform_attn_cpu.cpp", "ms_deform_attn_cpu_avx2.cpp", "ms_deform_attn_cpu_avx512.cpp",
+        "resize_bilinear_cpu.cpp", "resize_bilinear_cpu_fma.cpp")]
     extra_compile_args = {"cxx": ["-O3"]}
     if with_cuda:
         _log(f"building mask2former._C with CUDA kernels (CUDA_HOME={CUDA_HOME})")

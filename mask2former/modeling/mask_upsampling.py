@@ -11,12 +11,16 @@ from typing import Iterator, List, Optional, Tuple
 import torch
 from torch.nn import functional as F
 
+from ..layers.ms_deform_attn_compiled import EXTENSION_AVAILABLE
+from ..utils.tracing import is_tracing_or_exporting
+
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
     "MaskLogits",
     "band_ranges",
     "chunk_length",
     "resize_bilinear",
+    "resize_bilinear_band",
     "resize_bilinear_rows",
 ]
 
@@ -32,16 +36,62 @@ def chunk_length(total: int, bytes_per_item: int, chunk_bytes: Optional[int]) ->
     return max(1, min(total, chunk_bytes // max(bytes_per_item, 1)))
 
 
+# Output sizes the compiled resize takes: at least this many rows and columns, the columns a
+# multiple of COMPILED_RESIZE_WIDTH_MULTIPLE (padded inputs are multiples of 32). There the values
+# are PyTorch's bit for bit (tests/test_mask_upsampling.py); on smaller outputs PyTorch's kernel
+# splits its loops otherwise and rounds a few values differently.
+COMPILED_RESIZE_MIN_SIZE = 128
+COMPILED_RESIZE_WIDTH_MULTIPLE = 16
+
+
+def _compiled_resize_applies(x: torch.Tensor, size: Tuple[int, int]) -> bool:
+    """Whether ``mask2former::resize_bilinear`` (the compiled CPU kernel) resizes x to ``size``:
+    float32 on the CPU, with the extension built, no gradient needed, nothing traced or exported,
+    and an upsampling to an output of the sizes above."""
+    height, width = (int(s) for s in size)
+    return (
+        min(height, width) >= COMPILED_RESIZE_MIN_SIZE
+        and width % COMPILED_RESIZE_WIDTH_MULTIPLE == 0
+        and height >= x.shape[-2]
+        and width >= x.shape[-1]
+        and EXTENSION_AVAILABLE
+        and hasattr(torch.ops.mask2former, "resize_bilinear")
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not (torch.is_grad_enabled() and x.requires_grad)
+        and not is_tracing_or_exporting()
+    )
+
+
 def resize_bilinear(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """``F.interpolate(x[None], size, mode="bilinear", align_corners=False)[0]`` for x [C, h, w].
 
     Each channel's result is bit-identical to resizing all channels together, which lets callers
     resize any subset of channels. (On one thread PyTorch sends exactly 3 channels to its image
-    kernel, which rounds differently, so 3 channels are resized as 2 + 1.)
+    kernel, which rounds differently, so 3 channels are resized as 2 + 1.) Float32 CPU inference
+    runs the compiled kernel (:func:`resize_bilinear_band`), with the same values.
     """
+    if _compiled_resize_applies(x, size):
+        return resize_bilinear_band(x, size, (0, size[0]))
     if x.shape[0] == 3:
         return torch.cat([resize_bilinear(x[:2], size), resize_bilinear(x[2:], size)])
     return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def resize_bilinear_band(x: torch.Tensor, size: Tuple[int, int], rows: Tuple[int, int]) -> torch.Tensor:
+    """Output rows ``rows[0]..rows[1]-1`` of :func:`resize_bilinear` of x [C, h, w] to ``size``,
+    [C, rows[1] - rows[0], size[1]], bit for bit, computing only those rows.
+
+    For float32 CPU inference upsampling to outputs of at least 128 x 128 pixels (columns a
+    multiple of 16) this is the compiled ``mask2former::resize_bilinear``: it reproduces the
+    rounding of PyTorch's CPU kernel (fused multiply-adds under ATen's AVX2 / AVX512
+    capabilities, separate products under its baseline one) but resizes each needed input row
+    along the width once instead of once per output pixel, and allocates only the band. Otherwise
+    the whole resize is computed and sliced.
+    """
+    if _compiled_resize_applies(x, size) and x.shape[0] > 0:
+        return torch.ops.mask2former.resize_bilinear(x, [int(s) for s in size], int(rows[0]), int(rows[1]))
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0, :, rows[0] : rows[1]]
 
 
 def _source_indices(in_size: int, out_size: int, start: int, stop: int, device):
@@ -96,8 +146,10 @@ class MaskLogits:
         output_size: (height, width) the masks are resized to.
         chunk_bytes: size bound of one float32 chunk (see :func:`chunk_length`); None = no bound.
 
-    The results are those of resizing all queries at once with ``F.interpolate`` (bit for bit for
-    :meth:`select`; to float rounding for :meth:`rows`, see :func:`resize_bilinear_rows`).
+    The results are those of resizing all queries at once with ``F.interpolate``: bit for bit for
+    :meth:`select`, and for :meth:`rows` when the output size is the input size (float32 on the
+    CPU: only the band's rows are computed, :func:`resize_bilinear_band`); to float rounding for
+    :meth:`rows` otherwise (:func:`resize_bilinear_rows`).
     """
 
     def __init__(
@@ -153,8 +205,10 @@ class MaskLogits:
             return self._low[queries]
         if self._padded is not None:
             return resize_bilinear(self.padded()[queries], self.output_size)
-        padded = resize_bilinear(self._low[queries], self.padded_size)
-        return resize_bilinear(padded[:, : self.image_size[0], : self.image_size[1]], self.output_size)
+        cropped = resize_bilinear(self._low[queries], self.padded_size)[:, : self.image_size[0], : self.image_size[1]]
+        if self.image_size == self.output_size:  # the second resize would be a copy
+            return cropped
+        return resize_bilinear(cropped, self.output_size)
 
     def query_chunks(self, queries: torch.Tensor) -> Iterator[Tuple[int, torch.Tensor]]:
         """``(start, logits)`` for consecutive chunks of ``queries``: logits [n, height, width] of
@@ -169,6 +223,9 @@ class MaskLogits:
         if self._at_output:
             return self._low[:, start:stop]
         if self.image_size == self.output_size:  # outputs at the input size: the resize is a copy
+            if self._padded is None and _compiled_resize_applies(self._low, self.padded_size):
+                band = resize_bilinear_band(self._low, self.padded_size, (start, stop))
+                return band[..., : self.image_size[1]]
             return self.padded()[:, start:stop]
         return resize_bilinear_rows(self.padded(), self.output_size, (start, stop))
 

@@ -1,7 +1,7 @@
-// The mask2former._C extension: declares the operator schemas of mask2former::ms_deform_attn_*,
-// registers their Meta (shape-only) kernels, and provides the Python module whose import loads them
-// into torch.ops.mask2former. The CPU and CUDA kernels are registered in ms_deform_attn_cpu.cpp and
-// ms_deform_attn_cuda.cu.
+// The mask2former._C extension: declares the operator schemas of mask2former::ms_deform_attn_* and
+// mask2former::resize_bilinear, registers the Meta (shape-only) kernels of the former, and provides
+// the Python module whose import loads them into torch.ops.mask2former. The CPU and CUDA kernels are
+// registered in ms_deform_attn_cpu.cpp, ms_deform_attn_cuda.cu and resize_bilinear_cpu.cpp.
 #include <torch/extension.h>
 #include <torch/library.h>
 
@@ -69,6 +69,10 @@ TORCH_LIBRARY(mask2former, m) {
   m.def(
       "ms_deform_attn_forward_fused(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
       "Tensor reference_points, Tensor sampling_offsets, Tensor attention_logits) -> Tensor");
+  // output rows row_start..row_stop-1 of the bilinear resize (align_corners=False) of float32
+  // [C, h, w] to size = (H, W): [C, row_stop - row_start, W], F.interpolate's values (CPU;
+  // resize_bilinear_cpu.cpp)
+  m.def("resize_bilinear(Tensor x, int[] size, int row_start, int row_stop) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(mask2former, Meta, m) {
