@@ -5,6 +5,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mask2former.layers import TokenLinear, token_linear
+from mask2former.modeling.pixel_decoder import msdeformattn
 from mask2former.modeling.pixel_decoder.msdeformattn import MSDeformAttnTransformerEncoderLayer
 
 
@@ -80,3 +81,20 @@ def test_encoder_layer_projections_run_as_convolutions(convolutions):
     # value, offsets, attention weights, output projection, linear1, linear2
     assert len(convolutions) == 6
     assert out.shape == (1, 12, 32) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_encoder_feed_forward_in_token_chunks_is_bitwise_the_whole(monkeypatch, dtype):
+    torch.manual_seed(0)
+    layer = MSDeformAttnTransformerEncoderLayer(d_model=32, d_ffn=64, n_levels=1, n_heads=2, n_points=2).eval().to(dtype)
+    src, pos = torch.randn(2, 30, 32).to(dtype), torch.randn(2, 30, 32).to(dtype)
+    reference = torch.rand(2, 30, 1, 2)
+    shapes, starts = torch.tensor([[5, 6]]), torch.tensor([0])
+    with torch.no_grad():
+        whole = layer(src, pos, reference, shapes, starts)
+        monkeypatch.setattr(msdeformattn, "FFN_CHUNK_TOKENS", 7)
+        chunks = []
+        monkeypatch.setattr(layer, "feed_forward", lambda x, f=layer.feed_forward: chunks.append(x.shape[1]) or f(x))
+        chunked = layer(src, pos, reference, shapes, starts)
+    assert chunks == [7, 7, 7, 7, 2]
+    assert torch.equal(chunked, whole)

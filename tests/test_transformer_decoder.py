@@ -226,3 +226,17 @@ def test_mask_product_of_channels_last_features_has_the_einsum_values(dtype, bat
     logits = mask_product(embedding, channels_last)
     logits.float().sum().backward()
     assert embedding.grad is not None and torch.equal(logits.detach(), expected)
+
+
+def test_cross_attention_with_the_shared_mask_equals_the_per_head_mask():
+    """For one image the decoder passes the heads' shared [Q, S] mask; same result bitwise."""
+    torch.manual_seed(0)
+    layer = CrossAttentionLayer(16, 4).eval()
+    tgt, query_pos = torch.randn(6, 1, 16), torch.randn(6, 1, 16)
+    memory, pos = torch.randn(40, 1, 16), torch.randn(40, 1, 16)
+    shared = torch.rand(6, 40) < 0.5
+    shared[:, 0] = False  # every query attends somewhere
+    with torch.no_grad():
+        per_head = layer(tgt, memory, memory_mask=shared[None].repeat(4, 1, 1), pos=pos, query_pos=query_pos)
+        broadcast = layer(tgt, memory, memory_mask=shared, pos=pos, query_pos=query_pos)
+    assert torch.equal(per_head, broadcast)

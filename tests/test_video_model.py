@@ -62,6 +62,7 @@ def test_end_to_end_parity_with_published_video_model(fixture_model):
     # Attention masks first: a flipped bit would move every later output.
     num_frames = npz["frames"].shape[0]
     for level, mask in enumerate(attn_masks):
+        mask = mask.reshape(-1, *mask.shape[-2:])  # one video: the heads' shared [Q, S] mask
         assert bool((mask == mask[:1]).all()), "attention mask differs between heads"
         expected = np.unpackbits(npz[f"attn_mask_{level}"], axis=-1, count=mask.shape[-1]).astype(bool)
         assert mask.shape[-1] % num_frames == 0

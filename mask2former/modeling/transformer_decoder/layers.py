@@ -104,7 +104,8 @@ class CrossAttentionLayer(_ResidualSublayer):
         query_pos: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """tgt, query_pos: [Q, N, C]; memory, pos: [HW, N, C]; ``memory_mask``: bool
-        [N*heads, Q, HW], True = not attended. Returns [Q, N, C]."""
+        [N*heads, Q, HW], or [Q, HW] shared by all images and heads; True = not attended.
+        Returns [Q, N, C]."""
         keys = _with_pos(memory, pos)
 
         def attend(x: torch.Tensor) -> torch.Tensor:

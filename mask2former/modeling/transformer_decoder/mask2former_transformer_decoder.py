@@ -180,8 +180,11 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         attn_mask = self.next_attention_mask(output, mask_features, sizes[0], predictions if with_aux else None)
         for layer in range(self.num_layers):
             level = layer % levels
+            # one image: the heads' shared [Q, S] mask, which attention broadcasts over the heads
+            # (it then builds its additive float mask once, not once per head)
+            memory_mask = attn_mask[0] if batch == 1 else attn_mask
             output = self.transformer_cross_attention_layers[layer](
-                output, src[level], memory_mask=attn_mask, memory_key_padding_mask=None,
+                output, src[level], memory_mask=memory_mask, memory_key_padding_mask=None,
                 pos=pos[level], query_pos=query_embed,
             )
             output = self.transformer_self_attention_layers[layer](output, query_pos=query_embed)
@@ -263,7 +266,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         the same for every head (computed once, then repeated), detached from the graph."""
         blocked = resized_mask_logits.sigmoid() < 0.5
         blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
-        return blocked.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1).detach()
+        n, q, s = blocked.shape
+        # a view for one image (heads share the memory), a copy for a batch
+        return blocked.unsqueeze(1).expand(n, self.num_heads, q, s).reshape(n * self.num_heads, q, s).detach()
 
 
 def mask_product(mask_embedding: torch.Tensor, mask_features: torch.Tensor) -> torch.Tensor:
