@@ -73,10 +73,6 @@ inline void add_bilinear_sample(
   }
 }
 
-// Points whose corners sample_head computes (and prefetches) before summing their samples, with a
-// compile-time channel count (other counts add each sample at once, unprefetched: batching did not
-// pay there).
-constexpr int64_t kPointBatch = 16;
 // Pixels of a head smaller than this (a cache line) are not prefetched: small maps stay cached.
 constexpr int64_t kMinPrefetchBytes = 64;
 
@@ -94,71 +90,116 @@ inline void prefetch(const void* p, int64_t bytes) {
 #endif
 }
 
-// out = sum over the L * P points of attn[lp] * (bilinear sample of value_nm at loc[lp]) for one
-// (batch, query, head): value_nm points at channel 0 of head m in batch n's value, loc is [L, P, 2]
-// and attn [L, P]; acc (channels op-math scratch values) and zeros (channels zeros) belong to the
-// calling task. The corners of up to kPointBatch points are computed, and their pixels prefetched,
-// before the samples are added (in point order, so the sums do not change), so that the scattered
-// reads overlap.
+// The bilinear samples of every head of one (batch, query) for the forward: for head m, its
+// counts[m] in-map points (in level, point order) at m * L * P ..., each with four corner pixels
+// (zeros outside the map) and coefficients attention weight * bilinear weight.
+template <typename scalar_t>
+struct QuerySamples {
+  using acc_t = at::opmath_type<scalar_t>;
+  QuerySamples(int64_t heads, int64_t level_points)
+      : pixels(heads * level_points * 4), coefs(heads * level_points * 4), counts(heads) {}
+  std::vector<const scalar_t*> pixels;
+  std::vector<acc_t> coefs;
+  std::vector<int64_t> counts;
+};
+
+// Fills `samples` from the locations [M, L, P, 2] and attention weights [M, L, P] of one
+// (batch, query) and starts loading the corner pixels into the cache (value_n: channel 0 of head 0
+// of the query's batch element).
 template <int64_t kChannels, typename scalar_t, typename coord_t>
-inline void sample_head(
+inline void gather_query_samples(
     const MSDeformAttnSizes& sz,
-    const scalar_t* value_nm,
+    const scalar_t* value_n,
     const int64_t* shapes,
     const int64_t* starts,
     const coord_t* loc,
     const coord_t* attn,
-    at::opmath_type<scalar_t>* acc,
     const scalar_t* zeros,
-    scalar_t* out) {
+    QuerySamples<scalar_t>& samples) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t channels = kChannels > 0 ? kChannels : sz.channels;
   const int64_t pixel_stride = sz.heads * sz.channels;
-  const int64_t pixel_bytes = channels * static_cast<int64_t>(sizeof(scalar_t));
-  std::fill(acc, acc + channels, acc_t(0));
-  constexpr int64_t batch = kChannels > 0 ? kPointBatch : 1;
-  const scalar_t* v[batch][4];
-  acc_t coef[batch][4];
-  int64_t pending = 0;
-  const auto add_pending = [&]() {
-    for (int64_t i = 0; i < pending; ++i) {
-      add_bilinear_sample<kChannels>(acc, v[i], coef[i], channels);
-    }
-    pending = 0;
-  };
-  for (int64_t l = 0; l < sz.levels; ++l) {
-    const scalar_t* value_l = value_nm + starts[l] * pixel_stride;
-    for (int64_t p = 0; p < sz.points; ++p) {
-      const int64_t lp = l * sz.points + p;
-      BilinearCorners<acc_t> c;
-      if (!bilinear_corners<acc_t>(
-              static_cast<acc_t>(loc[2 * lp]), static_cast<acc_t>(loc[2 * lp + 1]), shapes[2 * l],
-              shapes[2 * l + 1], c)) {
-        continue;
-      }
-      const acc_t a = static_cast<acc_t>(attn[lp]);
-      for (int k = 0; k < 4; ++k) {
-        if (c.pixel[k] >= 0) {
-          v[pending][k] = value_l + c.pixel[k] * pixel_stride;
-          if (batch > 1 && pixel_bytes >= kMinPrefetchBytes) {
-            prefetch(v[pending][k], pixel_bytes);
-          }
-        } else {
-          v[pending][k] = zeros;
+  const bool prefetched = channels * static_cast<int64_t>(sizeof(scalar_t)) >= kMinPrefetchBytes;
+  const int64_t level_points = sz.levels * sz.points;
+  for (int64_t m = 0; m < sz.heads; ++m) {
+    const scalar_t** pixels = samples.pixels.data() + m * level_points * 4;
+    acc_t* coefs = samples.coefs.data() + m * level_points * 4;
+    int64_t count = 0;
+    for (int64_t l = 0; l < sz.levels; ++l) {
+      const scalar_t* value_l = value_n + m * channels + starts[l] * pixel_stride;
+      for (int64_t p = 0; p < sz.points; ++p) {
+        const int64_t mlp = (m * sz.levels + l) * sz.points + p;
+        BilinearCorners<acc_t> c;
+        if (!bilinear_corners<acc_t>(
+                static_cast<acc_t>(loc[2 * mlp]), static_cast<acc_t>(loc[2 * mlp + 1]), shapes[2 * l],
+                shapes[2 * l + 1], c)) {
+          continue;
         }
-        coef[pending][k] = a * c.weight[k];
-      }
-      if (++pending == batch) {
-        add_pending();
+        const acc_t a = static_cast<acc_t>(attn[mlp]);
+        for (int k = 0; k < 4; ++k) {
+          if (c.pixel[k] >= 0) {
+            pixels[4 * count + k] = value_l + c.pixel[k] * pixel_stride;
+            if (prefetched) {
+              prefetch(pixels[4 * count + k], channels * static_cast<int64_t>(sizeof(scalar_t)));
+            }
+          } else {
+            pixels[4 * count + k] = zeros;
+          }
+          coefs[4 * count + k] = a * c.weight[k];
+        }
+        ++count;
       }
     }
-  }
-  add_pending();
-  for (int64_t d = 0; d < channels; ++d) {
-    out[d] = static_cast<scalar_t>(acc[d]);
+    samples.counts[m] = count;
   }
 }
 
+// out[m] = sum of head m's samples (in point order, into acc, channels op-math scratch values),
+// for every head of one (batch, query); out is [M, D].
+template <int64_t kChannels, typename scalar_t>
+inline void sum_query_samples(
+    const MSDeformAttnSizes& sz,
+    const QuerySamples<scalar_t>& samples,
+    at::opmath_type<scalar_t>* acc,
+    scalar_t* out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t channels = kChannels > 0 ? kChannels : sz.channels;
+  const int64_t level_points = sz.levels * sz.points;
+  for (int64_t m = 0; m < sz.heads; ++m) {
+    std::fill(acc, acc + channels, acc_t(0));
+    const scalar_t* const* pixels = samples.pixels.data() + m * level_points * 4;
+    const acc_t* coefs = samples.coefs.data() + m * level_points * 4;
+    for (int64_t i = 0; i < samples.counts[m]; ++i) {
+      add_bilinear_sample<kChannels>(acc, pixels + 4 * i, coefs + 4 * i, channels);
+    }
+    for (int64_t d = 0; d < channels; ++d) {
+      out[m * channels + d] = static_cast<scalar_t>(acc[d]);
+    }
+  }
+}
+
+// Sums the samples of queries begin..end-1 of one task into output ([N * Lq, M, D]), gathering
+// (and prefetching) those of the next query, gather(nq, samples), before summing those of the
+// current one, so that the scattered pixel reads of one query overlap the arithmetic of the other.
+template <int64_t kChannels, typename scalar_t, typename Gather>
+inline void sum_queries_gathering_ahead(
+    const MSDeformAttnSizes& sz, int64_t begin, int64_t end, const Gather& gather, scalar_t* output) {
+  if (begin >= end) {
+    return;
+  }
+  const int64_t level_points = sz.levels * sz.points;
+  std::vector<at::opmath_type<scalar_t>> acc(sz.channels);
+  QuerySamples<scalar_t> samples[2] = {{sz.heads, level_points}, {sz.heads, level_points}};
+  gather(begin, samples[0]);
+  for (int64_t nq = begin; nq < end; ++nq) {
+    if (nq + 1 < end) {
+      gather(nq + 1, samples[(nq + 1 - begin) % 2]);
+    }
+    sum_query_samples<kChannels>(sz, samples[(nq - begin) % 2], acc.data(), output + nq * sz.heads * sz.channels);
+  }
+}
+
+// Forward on precomputed locations [N, Lq, M, L, P, 2] and weights [N, Lq, M, L, P].
 template <int64_t kChannels, typename scalar_t, typename coord_t>
 void forward_kernel(
     const MSDeformAttnSizes& sz,
@@ -168,21 +209,17 @@ void forward_kernel(
     const coord_t* locations,
     const coord_t* weights,
     scalar_t* output) {
-  using acc_t = at::opmath_type<scalar_t>;
   const int64_t channels = sz.channels;
-  const int64_t level_points = sz.levels * sz.points;
+  const int64_t query_points = sz.heads * sz.levels * sz.points;
   at::parallel_for(0, sz.batch * sz.queries, kForwardGrain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(channels);
     const std::vector<scalar_t> zeros(channels, scalar_t(0));
-    for (int64_t nq = begin; nq < end; ++nq) {
+    const auto gather = [&](int64_t nq, QuerySamples<scalar_t>& into) {
       const scalar_t* value_n = value + nq / sz.queries * sz.spatial * sz.heads * channels;
-      for (int64_t m = 0; m < sz.heads; ++m) {
-        const int64_t nqm = nq * sz.heads + m;
-        sample_head<kChannels>(
-            sz, value_n + m * channels, shapes, starts, locations + nqm * level_points * 2,
-            weights + nqm * level_points, acc.data(), zeros.data(), output + nqm * channels);
-      }
-    }
+      gather_query_samples<kChannels>(
+          sz, value_n, shapes, starts, locations + nq * query_points * 2, weights + nq * query_points,
+          zeros.data(), into);
+    };
+    sum_queries_gathering_ahead<kChannels>(sz, begin, end, gather, output);
   });
 }
 
@@ -282,99 +319,9 @@ inline void locations_and_weights(
   }
 }
 
-// The bilinear samples of every head of one (batch, query) for the fused forward: for head m, its
-// counts[m] in-map points (in level, point order) at m * L * P ..., each with four corner pixels
-// (zeros outside the map) and coefficients attention weight * bilinear weight.
-template <typename scalar_t>
-struct QuerySamples {
-  using acc_t = at::opmath_type<scalar_t>;
-  QuerySamples(int64_t heads, int64_t level_points)
-      : pixels(heads * level_points * 4), coefs(heads * level_points * 4), counts(heads) {}
-  std::vector<const scalar_t*> pixels;
-  std::vector<acc_t> coefs;
-  std::vector<int64_t> counts;
-};
-
-// Fills `samples` from the locations [M, L, P, 2] and attention weights [M, L, P] of one
-// (batch, query) and starts loading the corner pixels into the cache (value_n: channel 0 of head 0
-// of the query's batch element).
-template <int64_t kChannels, typename scalar_t, typename coord_t>
-inline void gather_query_samples(
-    const MSDeformAttnSizes& sz,
-    const scalar_t* value_n,
-    const int64_t* shapes,
-    const int64_t* starts,
-    const coord_t* loc,
-    const coord_t* attn,
-    const scalar_t* zeros,
-    QuerySamples<scalar_t>& samples) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t channels = kChannels > 0 ? kChannels : sz.channels;
-  const int64_t pixel_stride = sz.heads * sz.channels;
-  const bool prefetched = channels * static_cast<int64_t>(sizeof(scalar_t)) >= kMinPrefetchBytes;
-  const int64_t level_points = sz.levels * sz.points;
-  for (int64_t m = 0; m < sz.heads; ++m) {
-    const scalar_t** pixels = samples.pixels.data() + m * level_points * 4;
-    acc_t* coefs = samples.coefs.data() + m * level_points * 4;
-    int64_t count = 0;
-    for (int64_t l = 0; l < sz.levels; ++l) {
-      const scalar_t* value_l = value_n + m * channels + starts[l] * pixel_stride;
-      for (int64_t p = 0; p < sz.points; ++p) {
-        const int64_t mlp = (m * sz.levels + l) * sz.points + p;
-        BilinearCorners<acc_t> c;
-        if (!bilinear_corners<acc_t>(
-                static_cast<acc_t>(loc[2 * mlp]), static_cast<acc_t>(loc[2 * mlp + 1]), shapes[2 * l],
-                shapes[2 * l + 1], c)) {
-          continue;
-        }
-        const acc_t a = static_cast<acc_t>(attn[mlp]);
-        for (int k = 0; k < 4; ++k) {
-          if (c.pixel[k] >= 0) {
-            pixels[4 * count + k] = value_l + c.pixel[k] * pixel_stride;
-            if (prefetched) {
-              prefetch(pixels[4 * count + k], channels * static_cast<int64_t>(sizeof(scalar_t)));
-            }
-          } else {
-            pixels[4 * count + k] = zeros;
-          }
-          coefs[4 * count + k] = a * c.weight[k];
-        }
-        ++count;
-      }
-    }
-    samples.counts[m] = count;
-  }
-}
-
-// out[m] = sum of head m's samples (as sample_head sums them: in point order, into acc, channels
-// op-math scratch values), for every head of one (batch, query); out is [M, D].
-template <int64_t kChannels, typename scalar_t>
-inline void sum_query_samples(
-    const MSDeformAttnSizes& sz,
-    const QuerySamples<scalar_t>& samples,
-    at::opmath_type<scalar_t>* acc,
-    scalar_t* out) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t channels = kChannels > 0 ? kChannels : sz.channels;
-  const int64_t level_points = sz.levels * sz.points;
-  for (int64_t m = 0; m < sz.heads; ++m) {
-    std::fill(acc, acc + channels, acc_t(0));
-    const scalar_t* const* pixels = samples.pixels.data() + m * level_points * 4;
-    const acc_t* coefs = samples.coefs.data() + m * level_points * 4;
-    for (int64_t i = 0; i < samples.counts[m]; ++i) {
-      add_bilinear_sample<kChannels>(acc, pixels + 4 * i, coefs + 4 * i, channels);
-    }
-    for (int64_t d = 0; d < channels; ++d) {
-      out[m * channels + d] = static_cast<scalar_t>(acc[d]);
-    }
-  }
-}
-
 // Inference forward with the location and softmax arithmetic fused in (argument layouts in
 // check_fused_forward_args): the same samples and sums as forward_kernel on the locations and
-// weights that addcdiv and softmax would give. Each task gathers (and prefetches) the samples of
-// its next query before it sums those of the current one, so that the scattered pixel reads of
-// one query overlap the arithmetic of the previous one.
+// weights that addcdiv and softmax would give.
 template <int64_t kChannels, typename scalar_t, typename coord_t>
 void fused_forward_kernel(
     const MSDeformAttnSizes& sz,
@@ -385,7 +332,6 @@ void fused_forward_kernel(
     const coord_t* sampling_offsets,
     const coord_t* attention_logits,
     scalar_t* output) {
-  using acc_t = at::opmath_type<scalar_t>;
   const int64_t channels = sz.channels;
   const int64_t level_points = sz.levels * sz.points;
   // [L, P, 2]: (W_l, H_l) in the coordinates' dtype, what addcdiv divides by
@@ -395,14 +341,12 @@ void fused_forward_kernel(
     normalizer[2 * lp + 1] = static_cast<coord_t>(shapes[2 * (lp / sz.points)]);
   }
   at::parallel_for(0, sz.batch * sz.queries, kForwardGrain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(channels);
     const std::vector<scalar_t> zeros(channels, scalar_t(0));
     std::vector<coord_t> reference(2 * level_points);
     std::vector<coord_t> loc(sz.heads * 2 * level_points);
     std::vector<coord_t> attn(sz.heads * level_points);
     std::vector<coord_t> head_max(sz.heads);
     std::vector<coord_t> head_sum(sz.heads);
-    QuerySamples<scalar_t> samples[2] = {{sz.heads, level_points}, {sz.heads, level_points}};
     const auto gather = [&](int64_t nq, QuerySamples<scalar_t>& into) {
       const coord_t* reference_nq = reference_points + nq * sz.levels * 2;
       for (int64_t lp = 0; lp < level_points; ++lp) {
@@ -416,15 +360,7 @@ void fused_forward_kernel(
       const scalar_t* value_n = value + nq / sz.queries * sz.spatial * sz.heads * channels;
       gather_query_samples<kChannels>(sz, value_n, shapes, starts, loc.data(), attn.data(), zeros.data(), into);
     };
-    if (begin < end) {
-      gather(begin, samples[0]);
-    }
-    for (int64_t nq = begin; nq < end; ++nq) {
-      if (nq + 1 < end) {
-        gather(nq + 1, samples[(nq + 1 - begin) % 2]);
-      }
-      sum_query_samples<kChannels>(sz, samples[(nq - begin) % 2], acc.data(), output + nq * sz.heads * channels);
-    }
+    sum_queries_gathering_ahead<kChannels>(sz, begin, end, gather, output);
   });
 }
 
