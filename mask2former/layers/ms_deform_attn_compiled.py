@@ -30,7 +30,7 @@ from typing import Optional, Tuple
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from ..utils.tracing import is_tracing_or_exporting
+from ..utils.tracing import eager_inference
 from .ms_deform_attn_op import register_ms_deform_attn_impl, selected_ms_deform_attn_impl
 
 __all__ = [
@@ -201,11 +201,9 @@ def fused_forward_applies(*tensors: torch.Tensor) -> bool:
     Raises:
         ValueError: if ``MASK2FORMER_MSDA_IMPL`` names an unknown implementation.
     """
-    if not EXTENSION_AVAILABLE or is_tracing_or_exporting():
+    if not EXTENSION_AVAILABLE or any(t.device.type != "cpu" for t in tensors):
         return False
-    if any(t.device.type != "cpu" for t in tensors):
-        return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    if not eager_inference(*tensors):
         return False
     return selected_ms_deform_attn_impl("cpu") is ms_deform_attn_compiled
 

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..utils.tracing import is_tracing_or_exporting
+from ..utils.tracing import eager_inference
 
 __all__ = ["TokenLinear", "pointwise_conv_applies"]
 
@@ -17,9 +17,7 @@ def pointwise_conv_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     ``linear``."""
     if x.device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return False
-    return not is_tracing_or_exporting()
+    return eager_inference(x, weight)
 
 
 class TokenLinear(nn.Linear):

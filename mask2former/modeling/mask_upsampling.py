@@ -12,7 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from ..layers.ms_deform_attn_compiled import EXTENSION_AVAILABLE
-from ..utils.tracing import is_tracing_or_exporting
+from ..utils.tracing import eager_inference
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -58,8 +58,7 @@ def _compiled_resize_applies(x: torch.Tensor, size: Tuple[int, int]) -> bool:
         and hasattr(torch.ops.mask2former, "resize_bilinear")
         and x.device.type == "cpu"
         and x.dtype == torch.float32
-        and not (torch.is_grad_enabled() and x.requires_grad)
-        and not is_tracing_or_exporting()
+        and eager_inference(x)
     )
 
 
@@ -89,7 +88,7 @@ def resize_bilinear_band(x: torch.Tensor, size: Tuple[int, int], rows: Tuple[int
     along the width once instead of once per output pixel, and allocates only the band. Otherwise
     the whole resize is computed and sliced.
     """
-    if _compiled_resize_applies(x, size) and x.shape[0] > 0:
+    if _compiled_resize_applies(x, size):
         return torch.ops.mask2former.resize_bilinear(x, [int(s) for s in size], int(rows[0]), int(rows[1]))
     return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0, :, rows[0] : rows[1]]
 
@@ -204,8 +203,9 @@ class MaskLogits:
         if self._at_output:
             return self._low[queries]
         if self._padded is not None:
-            return resize_bilinear(self.padded()[queries], self.output_size)
-        cropped = resize_bilinear(self._low[queries], self.padded_size)[:, : self.image_size[0], : self.image_size[1]]
+            cropped = self.padded()[queries]
+        else:
+            cropped = resize_bilinear(self._low[queries], self.padded_size)[:, : self.image_size[0], : self.image_size[1]]
         if self.image_size == self.output_size:  # the second resize would be a copy
             return cropped
         return resize_bilinear(cropped, self.output_size)

@@ -20,7 +20,7 @@ from ...config import configurable
 from ...layers import Conv2d, c2_xavier_fill
 from ...layers.position_encoding import PositionEmbeddingSine
 from ...utils.registry import TRANSFORMER_DECODER_REGISTRY
-from ...utils.tracing import is_tracing_or_exporting
+from ...utils.tracing import eager_inference
 from .layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer
 
 __all__ = ["MultiScaleMaskedTransformerDecoder"]
@@ -285,8 +285,8 @@ def mask_product(mask_embedding: torch.Tensor, mask_features: torch.Tensor) -> t
     channels_last = not mask_features.is_contiguous() and mask_features.is_contiguous(
         memory_format=torch.channels_last
     )
-    needs_grad = torch.is_grad_enabled() and (mask_embedding.requires_grad or mask_features.requires_grad)
-    if not (channels_last and mask_features.dtype == torch.bfloat16) or needs_grad or is_tracing_or_exporting():
+    in_place = channels_last and mask_features.dtype == torch.bfloat16
+    if not (in_place and eager_inference(mask_embedding, mask_features)):
         return torch.einsum("bqc,bchw->bqhw", mask_embedding, mask_features)
     (n, q, _), (height, width) = mask_embedding.shape, mask_features.shape[-2:]
     logits = mask_embedding.new_empty((n, q, height * width))
