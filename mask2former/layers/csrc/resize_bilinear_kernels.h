@@ -9,7 +9,9 @@
 // source rows, then t_0 * w0 + t_1 * w1 along the height. ATen's AVX2 / AVX512 builds contract
 // every a * b + c * d into fma(a, b, c * d); its baseline build rounds both products. Here the
 // width pass runs once per source row (ATen repeats it for every output pixel), so each plane
-// costs one pass over the input rows and one over the output.
+// costs one pass over the input rows and one over the output. Bit-identity with ATen was verified
+// on upsamplings to outputs of at least 128 x 128 with a multiple of 16 columns, the only ones
+// mask2former.modeling.mask_upsampling sends here; ATen's loops split smaller outputs otherwise.
 #pragma once
 
 #include <ATen/Parallel.h>
