@@ -61,6 +61,10 @@ def test_outside_the_domain_falls_back_to_interpolate():
 
 def test_bad_rows_raise():
     x = torch.randn(2, 40, 40)
+    for rows in [(100, 200), (5, 5), (-1, 3)]:
+        for size in [(160, 160), (60, 60)]:  # compiled kernel, F.interpolate fallback
+            with pytest.raises(ValueError, match="rows must satisfy"):
+                resize_bilinear_band(x, size, rows)
     with pytest.raises(RuntimeError, match="row_start"):
         torch.ops.mask2former.resize_bilinear(x, [160, 160], 100, 200)
     with pytest.raises(RuntimeError, match="float32"):

@@ -87,7 +87,12 @@ def resize_bilinear_band(x: torch.Tensor, size: Tuple[int, int], rows: Tuple[int
     capabilities, separate products under its baseline one) but resizes each needed input row
     along the width once instead of once per output pixel, and allocates only the band. Otherwise
     the whole resize is computed and sliced.
+
+    Raises:
+        ValueError: unless 0 <= rows[0] < rows[1] <= size[0].
     """
+    if not 0 <= rows[0] < rows[1] <= size[0]:
+        raise ValueError(f"resize_bilinear_band: rows must satisfy 0 <= start < stop <= {size[0]}, got {tuple(rows)}")
     if _compiled_resize_applies(x, size):
         return torch.ops.mask2former.resize_bilinear(x, [int(s) for s in size], int(rows[0]), int(rows[1]))
     return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0, :, rows[0] : rows[1]]
